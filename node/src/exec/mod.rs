@@ -1,0 +1,53 @@
+//! Executors: what runs a [`StepPlan`](crate::sched::StepPlan).
+//!
+//! - [`cpu`] — real f32 math with paged attention over the layer-wise block tables; the GPU tier
+//!   is a capacity-limited pool in RAM and tier copies are real copies.
+//! - [`sim`] — no math: durations from a `CostProfile`, tokens from a seeded hash.
+
+pub mod cpu;
+pub mod sim;
+
+use crate::sched::plan::{SeqId, StepPlan};
+use std::time::Duration;
+
+/// Pool sizes an executor allocates, in blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSizes {
+    pub gpu_blocks: usize,
+    pub host_blocks: usize,
+    /// Blocks of the staging area used by staged layers (one buffer).
+    pub staging_blocks: usize,
+}
+
+/// The result of one step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepOutput {
+    /// One sampled token per item, in plan order.
+    pub tokens: Vec<(SeqId, u32)>,
+    /// Last-position logits of the items that asked for them.
+    pub logits: Vec<(SeqId, Vec<f32>)>,
+    /// Time the step took: measured (`cpu`) or modelled (`sim`).
+    pub elapsed: Duration,
+    /// Bytes moved between tiers (copies and staging), for reports.
+    pub transfer_bytes: u64,
+}
+
+/// A step that could not run. The engine fails the step's sequences and goes on.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The plan names something the executor does not have.
+    #[error("invalid plan: {0}")]
+    InvalidPlan(String),
+    /// The executor's device failed.
+    #[error("device error: {0}")]
+    Device(String),
+}
+
+/// Runs step plans. Implementations own the KV memory of every tier.
+pub trait Executor: Send {
+    /// `cpu`, `sim`, `cuda`.
+    fn name(&self) -> &'static str;
+
+    /// Runs one step.
+    fn execute(&mut self, plan: &StepPlan) -> Result<StepOutput, ExecError>;
+}

@@ -1,0 +1,13 @@
+//! The wire vocabulary: types that a node reports and a router reads.
+//!
+//! - [`ids`] — request and sequence identifiers.
+//! - [`slo`] — SLO classes (`ttft_ms`, `tpot_ms`, priority).
+//! - [`cost`] — the fitted per-layer cost model of a node (`CostProfile`).
+
+pub mod cost;
+pub mod ids;
+pub mod slo;
+
+pub use cost::{CostProfile, DecodeCoeffs, PrefillCoeffs, TransferCoeffs};
+pub use ids::RequestId;
+pub use slo::{SloClass, SloError};
