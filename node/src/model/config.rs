@@ -94,7 +94,9 @@ pub enum ConfigError {
         reason: String,
     },
     /// The architecture is not one Strata runs.
-    #[error("{path}: unsupported architecture {arch:?} (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)")]
+    #[error(
+        "{path}: unsupported architecture {arch:?} (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)"
+    )]
     UnsupportedArch { path: PathBuf, arch: String },
 }
 

@@ -92,3 +92,87 @@ pub enum WeightsError {
         num_layers: usize,
     },
 }
+
+use super::config::ModelConfig;
+use super::rng::Rng;
+
+impl Matrix {
+    /// Uniform in ±1/√cols: keeps activations of a deep random model in a sane range.
+    fn random(rows: usize, cols: usize, rng: &mut Rng) -> Matrix {
+        let scale = 1.0 / (cols as f32).sqrt();
+        Matrix {
+            rows,
+            cols,
+            data: (0..rows * cols).map(|_| rng.uniform(scale)).collect(),
+        }
+    }
+}
+
+fn random_norm(n: usize, rng: &mut Rng) -> Vec<f32> {
+    (0..n).map(|_| 1.0 + rng.uniform(0.1)).collect()
+}
+
+impl Weights {
+    /// Seeded random weights for `layer_range` of the model. Each layer draws from its own
+    /// stream, so a pipeline stage gets the same layers as the whole model.
+    pub fn random(
+        cfg: &ModelConfig,
+        seed: u64,
+        layer_range: Range<usize>,
+    ) -> Result<Weights, WeightsError> {
+        if layer_range.start > layer_range.end || layer_range.end > cfg.num_layers {
+            return Err(WeightsError::LayerRange {
+                start: layer_range.start,
+                end: layer_range.end,
+                num_layers: cfg.num_layers,
+            });
+        }
+        let (h, q, kv, ff) = (
+            cfg.hidden_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.intermediate_size,
+        );
+        let mut top = Rng::derive(seed, u64::MAX);
+        let embed = Matrix::random(cfg.vocab_size, h, &mut top);
+        let final_norm = random_norm(h, &mut top);
+        let lm_head =
+            (!cfg.tie_word_embeddings).then(|| Matrix::random(cfg.vocab_size, h, &mut top));
+        let layers = layer_range
+            .clone()
+            .map(|l| {
+                let mut r = Rng::derive(seed, l as u64);
+                let bias = |n: usize, r: &mut Rng| {
+                    cfg.attention_bias
+                        .then(|| (0..n).map(|_| r.uniform(0.1)).collect())
+                };
+                LayerWeights {
+                    attn_norm: random_norm(h, &mut r),
+                    wq: Matrix::random(q, h, &mut r),
+                    wk: Matrix::random(kv, h, &mut r),
+                    wv: Matrix::random(kv, h, &mut r),
+                    bq: bias(q, &mut r),
+                    bk: bias(kv, &mut r),
+                    bv: bias(kv, &mut r),
+                    wo: Matrix::random(h, q, &mut r),
+                    mlp_norm: random_norm(h, &mut r),
+                    w_gate: Matrix::random(ff, h, &mut r),
+                    w_up: Matrix::random(ff, h, &mut r),
+                    w_down: Matrix::random(h, ff, &mut r),
+                }
+            })
+            .collect();
+        Ok(Weights {
+            embed,
+            layers,
+            layer_range,
+            final_norm,
+            lm_head,
+        })
+    }
+
+    /// The output projection: `lm_head`, or the embeddings when tied.
+    pub fn output(&self) -> &Matrix {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+}

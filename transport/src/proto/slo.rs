@@ -66,7 +66,10 @@ mod tests {
         slo.tpot_ms = 0.0;
         assert!(matches!(
             slo.validate(),
-            Err(SloError::BadTarget { field: "tpot_ms", .. })
+            Err(SloError::BadTarget {
+                field: "tpot_ms",
+                ..
+            })
         ));
         slo.tpot_ms = f64::NAN;
         assert!(slo.validate().is_err());
