@@ -1,1 +1,7 @@
-//! TODO(helper)
+//! Tokenizers (filled in by the model work).
+
+/// A tokenizer.
+pub enum Tokenizer {
+    /// Bytes as tokens.
+    Bytes,
+}
