@@ -1,5 +1,23 @@
-//! The scheduler.
+//! The SLO-aware scheduler and what it produces.
+//!
+//! - [`config`] — `SchedulerConfig` and the two admission [`Mode`]s.
+//! - [`request`] — `Request`, `FinishReason`, `SubmitError`.
+//! - [`plan`] — `StepPlan`: the copies and work items of one step (the executor's contract).
+//! - [`event`] — what happened to sequences: admitted, token, finished.
+//! - [`residency`] — which layers of a prefill stay resident.
+//! - [`scheduler`] — the [`Scheduler`] itself.
+//! - [`fit`] — fitting a `CostProfile` from measured step times.
 
+pub mod config;
+pub mod event;
+pub mod fit;
 pub mod plan;
+pub mod request;
+pub mod residency;
+pub mod scheduler;
 
+pub use config::{Mode, SchedulerConfig};
+pub use event::Event;
 pub use plan::{CopyOp, LayerKv, Sampling, SeqId, StepPlan, WorkItem, WorkKind};
+pub use request::{FinishReason, Request, SubmitError};
+pub use scheduler::Scheduler;

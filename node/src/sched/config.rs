@@ -1,0 +1,97 @@
+//! Scheduler configuration.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// How prefills get KV blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// LayerKV: a prefill starts as soon as blocks exist for some of its layers; the other
+    /// layers' K/V go to the host tier while later layers compute.
+    Layerwise,
+    /// vLLM-style: a prefill starts only when blocks for all its layers are free.
+    Baseline,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Layerwise => "layerwise",
+            Mode::Baseline => "baseline",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "layerwise" => Ok(Mode::Layerwise),
+            "baseline" => Ok(Mode::Baseline),
+            _ => Err(format!("unknown mode {s:?} (layerwise, baseline)")),
+        }
+    }
+}
+
+/// Limits and policy of the scheduler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerConfig {
+    pub mode: Mode,
+    /// Sequences in one step, prefills and decodes together.
+    pub max_batch_seqs: usize,
+    /// New prompt tokens in one step (a single longer prompt is still admitted alone).
+    pub max_prefill_tokens: usize,
+    /// Requests waiting for admission; more are refused.
+    pub max_waiting: usize,
+    /// GPU blocks kept free for decode growth when admitting.
+    pub watermark_blocks: usize,
+    /// Blocks of the executor's staging area (per buffer), for staged layers.
+    pub staging_blocks: usize,
+    /// Longest sequence (prompt + output) the model takes.
+    pub max_seq_tokens: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            mode: Mode::Layerwise,
+            max_batch_seqs: 256,
+            max_prefill_tokens: 16_384,
+            max_waiting: 4096,
+            watermark_blocks: 0,
+            staging_blocks: 0,
+            max_seq_tokens: 32_768,
+        }
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A limit that must be positive is zero.
+    #[error("{field} must be at least 1")]
+    Zero { field: &'static str },
+}
+
+impl SchedulerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, v) in [
+            ("max_batch_seqs", self.max_batch_seqs),
+            ("max_prefill_tokens", self.max_prefill_tokens),
+            ("max_waiting", self.max_waiting),
+            ("max_seq_tokens", self.max_seq_tokens),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero { field });
+            }
+        }
+        Ok(())
+    }
+}

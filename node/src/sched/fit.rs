@@ -1,0 +1,338 @@
+//! Fitting a [`CostProfile`] from measured step times.
+//!
+//! Measurements are whole steps over all `layers` layers, so a step's fixed cost and the
+//! per-layer constant cannot be told apart: the fit folds both into the per-layer constant
+//! (`step_overhead_s` stays 0). Coefficients are non-negative least squares (an active-set
+//! refit that drops any term that would come out negative).
+
+use strata_transport::proto::{CostProfile, DecodeCoeffs, PrefillCoeffs, TransferCoeffs};
+
+/// One measured prefill: `n_new` tokens over `n_ctx` cached, over `layers` layers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrefillSample {
+    pub n_new: usize,
+    pub n_ctx: usize,
+    pub layers: usize,
+    pub seconds: f64,
+}
+
+/// One measured decode step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecodeSample {
+    pub batch: usize,
+    pub sum_ctx: usize,
+    pub layers: usize,
+    pub seconds: f64,
+}
+
+/// One measured transfer between tiers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TransferSample {
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// Measurements that cannot be fitted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FitError {
+    /// Too few samples of a kind for its coefficients.
+    #[error("{kind}: {got} samples, at least {needed} needed")]
+    TooFew {
+        kind: &'static str,
+        got: usize,
+        needed: usize,
+    },
+    /// A sample with a non-finite or negative time, or zero layers.
+    #[error("{kind}: sample {index} is not usable")]
+    BadSample { kind: &'static str, index: usize },
+}
+
+/// Solves `min ‖A x − y‖` with `x ≥ 0` for up to three unknowns.
+fn nnls<const K: usize>(rows: &[[f64; K]], y: &[f64]) -> [f64; K] {
+    let mut active = [true; K];
+    loop {
+        let idx: Vec<usize> = (0..K).filter(|&k| active[k]).collect();
+        let n = idx.len();
+        let mut x = [0.0; K];
+        if n == 0 {
+            return x;
+        }
+        // Normal equations over the active columns, scaled for conditioning.
+        let scale: Vec<f64> = idx
+            .iter()
+            .map(|&k| {
+                rows.iter()
+                    .map(|r| r[k] * r[k])
+                    .sum::<f64>()
+                    .sqrt()
+                    .max(1e-300)
+            })
+            .collect();
+        let mut m = vec![vec![0.0; n + 1]; n];
+        for (r, &yv) in rows.iter().zip(y) {
+            for i in 0..n {
+                let ai = r[idx[i]] / scale[i];
+                for j in 0..n {
+                    m[i][j] += ai * r[idx[j]] / scale[j];
+                }
+                m[i][n] += ai * yv;
+            }
+        }
+        for i in 0..n {
+            m[i][i] += 1e-12;
+        }
+        // Gaussian elimination with partial pivoting.
+        for c in 0..n {
+            let p = (c..n)
+                .max_by(|&a, &b| m[a][c].abs().total_cmp(&m[b][c].abs()))
+                .unwrap_or(c);
+            m.swap(c, p);
+            let d = m[c][c];
+            if d.abs() < 1e-300 {
+                continue;
+            }
+            for r in 0..n {
+                if r != c {
+                    let f = m[r][c] / d;
+                    for k in c..=n {
+                        m[r][k] -= f * m[c][k];
+                    }
+                }
+            }
+        }
+        let mut worst = None;
+        for i in 0..n {
+            let v = if m[i][i].abs() < 1e-300 {
+                0.0
+            } else {
+                m[i][n] / m[i][i] / scale[i]
+            };
+            x[idx[i]] = v;
+            if v < 0.0 && worst.is_none_or(|(_, w)| v < w) {
+                worst = Some((idx[i], v));
+            }
+        }
+        match worst {
+            Some((k, _)) => active[k] = false,
+            None => return x,
+        }
+    }
+}
+
+fn check<T>(
+    kind: &'static str,
+    s: &[T],
+    needed: usize,
+    ok: impl Fn(&T) -> bool,
+) -> Result<(), FitError> {
+    if s.len() < needed {
+        return Err(FitError::TooFew {
+            kind,
+            got: s.len(),
+            needed,
+        });
+    }
+    match s.iter().position(|x| !ok(x)) {
+        Some(index) => Err(FitError::BadSample { kind, index }),
+        None => Ok(()),
+    }
+}
+
+/// Fits a cost profile from samples of every kind.
+pub fn fit_profile(
+    prefill: &[PrefillSample],
+    decode: &[DecodeSample],
+    transfer: &[TransferSample],
+) -> Result<CostProfile, FitError> {
+    let good = |s: f64, layers: usize| s.is_finite() && s >= 0.0 && layers > 0;
+    check("prefill", prefill, 3, |p| good(p.seconds, p.layers))?;
+    check("decode", decode, 3, |d| good(d.seconds, d.layers))?;
+    check("transfer", transfer, 2, |t| good(t.seconds, 1))?;
+
+    let rows: Vec<[f64; 3]> = prefill
+        .iter()
+        .map(|p| {
+            let (n, c) = (p.n_new as f64, p.n_ctx as f64);
+            [1.0, n, n * (c + n)]
+        })
+        .collect();
+    let y: Vec<f64> = prefill
+        .iter()
+        .map(|p| p.seconds / p.layers as f64)
+        .collect();
+    let [a0, a1, a2] = nnls(&rows, &y);
+
+    let rows: Vec<[f64; 3]> = decode
+        .iter()
+        .map(|d| [1.0, d.batch as f64, d.sum_ctx as f64])
+        .collect();
+    let y: Vec<f64> = decode.iter().map(|d| d.seconds / d.layers as f64).collect();
+    let [d0, d1, d2] = nnls(&rows, &y);
+
+    let rows: Vec<[f64; 2]> = transfer.iter().map(|t| [1.0, t.bytes as f64]).collect();
+    let y: Vec<f64> = transfer.iter().map(|t| t.seconds).collect();
+    let [t0, per_byte] = nnls(&rows, &y);
+    let bw_bytes_per_s = if per_byte > 0.0 {
+        1.0 / per_byte
+    } else {
+        f64::INFINITY
+    };
+
+    Ok(CostProfile {
+        prefill: PrefillCoeffs { a0, a1, a2 },
+        decode: DecodeCoeffs { d0, d1, d2 },
+        transfer: TransferCoeffs { t0, bw_bytes_per_s },
+        step_overhead_s: 0.0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn truth() -> CostProfile {
+        CostProfile {
+            prefill: PrefillCoeffs {
+                a0: 1e-4,
+                a1: 2e-6,
+                a2: 3e-10,
+            },
+            decode: DecodeCoeffs {
+                d0: 5e-5,
+                d1: 1e-6,
+                d2: 2e-9,
+            },
+            transfer: TransferCoeffs {
+                t0: 1e-5,
+                bw_bytes_per_s: 5e9,
+            },
+            step_overhead_s: 0.0,
+        }
+    }
+
+    #[test]
+    fn recovers_known_coefficients_from_noisy_samples() {
+        let t = truth();
+        let mut rng = crate::model::rng::Rng::new(3);
+        let mut noise = || 1.0 + rng.uniform(0.01) as f64;
+        let prefill: Vec<_> = [
+            (128, 0),
+            (512, 0),
+            (1024, 512),
+            (4096, 0),
+            (2048, 4096),
+            (8192, 0),
+        ]
+        .iter()
+        .map(|&(n_new, n_ctx)| PrefillSample {
+            n_new,
+            n_ctx,
+            layers: 4,
+            seconds: 4.0 * t.prefill_layer_s(n_new, n_ctx) * noise(),
+        })
+        .collect();
+        let decode: Vec<_> = [(1, 1000), (8, 8000), (32, 64000), (64, 200000), (16, 4000)]
+            .iter()
+            .map(|&(batch, sum_ctx)| DecodeSample {
+                batch,
+                sum_ctx,
+                layers: 4,
+                seconds: 4.0 * t.decode_layer_s(batch, sum_ctx) * noise(),
+            })
+            .collect();
+        let transfer: Vec<_> = [1u64 << 14, 1 << 18, 1 << 22, 1 << 26]
+            .iter()
+            .map(|&bytes| TransferSample {
+                bytes,
+                seconds: t.transfer_s(bytes) * noise(),
+            })
+            .collect();
+        let p = fit_profile(&prefill, &decode, &transfer).unwrap();
+        for (n, c) in [(1000, 0), (6000, 2000)] {
+            let rel = (p.prefill_layer_s(n, c) / t.prefill_layer_s(n, c) - 1.0).abs();
+            assert!(rel < 0.03, "prefill {n},{c}: {rel}");
+        }
+        let rel = (p.decode_layer_s(20, 50000) / t.decode_layer_s(20, 50000) - 1.0).abs();
+        assert!(rel < 0.03, "decode: {rel}");
+        let rel = (p.transfer.bw_bytes_per_s / 5e9 - 1.0).abs();
+        assert!(rel < 0.03, "bandwidth: {rel}");
+    }
+
+    #[test]
+    fn coefficients_never_negative() {
+        // Times that fall with size would need a negative slope.
+        let prefill: Vec<_> = (1..6)
+            .map(|i| PrefillSample {
+                n_new: i * 100,
+                n_ctx: 0,
+                layers: 1,
+                seconds: 1.0 / i as f64,
+            })
+            .collect();
+        let decode: Vec<_> = (1..6)
+            .map(|i| DecodeSample {
+                batch: i,
+                sum_ctx: i * 10,
+                layers: 1,
+                seconds: 1.0,
+            })
+            .collect();
+        let transfer = [
+            TransferSample {
+                bytes: 10,
+                seconds: 1.0,
+            },
+            TransferSample {
+                bytes: 20,
+                seconds: 1.0,
+            },
+        ];
+        let p = fit_profile(&prefill, &decode, &transfer).unwrap();
+        let c = [
+            p.prefill.a0,
+            p.prefill.a1,
+            p.prefill.a2,
+            p.decode.d0,
+            p.decode.d1,
+            p.decode.d2,
+            p.transfer.t0,
+        ];
+        assert!(c.iter().all(|&x| x >= 0.0), "{c:?}");
+        assert!((p.decode_layer_s(3, 30) - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rejects_too_few_and_bad_samples() {
+        let d = DecodeSample {
+            batch: 1,
+            sum_ctx: 1,
+            layers: 1,
+            seconds: 1.0,
+        };
+        let t = TransferSample {
+            bytes: 1,
+            seconds: 1.0,
+        };
+        assert!(matches!(
+            fit_profile(&[], &[d; 3], &[t; 2]),
+            Err(FitError::TooFew {
+                kind: "prefill",
+                ..
+            })
+        ));
+        let mut bad = [PrefillSample {
+            n_new: 1,
+            n_ctx: 0,
+            layers: 1,
+            seconds: 1.0,
+        }; 3];
+        bad[1].seconds = f64::NAN;
+        assert_eq!(
+            fit_profile(&bad, &[d; 3], &[t; 2]),
+            Err(FitError::BadSample {
+                kind: "prefill",
+                index: 1
+            })
+        );
+    }
+}

@@ -1,0 +1,625 @@
+//! The SLO-aware scheduler: `(queue, running set, KV state, CostProfile, now) → StepPlan`.
+//!
+//! Sans-IO. Call [`Scheduler::handle_submit`] for new requests, [`Scheduler::poll_plan`] once per
+//! step, hand the plan to an executor, then [`Scheduler::handle_output`] with what it returned.
+//!
+//! A step is planned in three passes:
+//! 1. **Growth** — every running sequence gets room for its next token, in priority order. When
+//!    the GPU is short, the lowest-priority running sequence loses layers to the host tier
+//!    (layer-wise swap; `baseline` swaps the whole sequence), never recomputation.
+//! 2. **Offloaded layers** — a sequence with layers on the host either *streams* them through
+//!    staging (when the cost model says the transfer hides under a decode layer's compute and
+//!    staging has room; `layerwise` only) or *reloads* them when GPU blocks are available;
+//!    otherwise it waits this step.
+//! 3. **Admission** — waiting requests in priority then arrival order. `baseline` admits only
+//!    when every layer fits on the GPU. `layerwise` keeps resident as many layers as free blocks
+//!    allow, spreads the rest (see [`residency`](super::residency)) to the host, bounded by
+//!    staging, host room and offload time ≤ prefill compute, and admits only while every running
+//!    decode keeps its TPOT SLO with the added step time.
+
+use super::config::{Mode, SchedulerConfig};
+use super::event::Event;
+use super::plan::{LayerKv, SeqId, StepPlan, WorkItem, WorkKind};
+use super::request::{FinishReason, Request, SubmitError};
+use super::residency;
+use crate::exec::StepOutput;
+use crate::kv::{BlockManager, KvLayout, Tier};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use strata_transport::proto::CostProfile;
+
+#[derive(Debug, Clone)]
+struct Seq {
+    req: Request,
+    output: Vec<u32>,
+    first_token_at: Option<Duration>,
+    /// Prompt tokens served from the prefix cache at admission.
+    cached_tokens: usize,
+}
+
+/// See the module doc.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    cost: CostProfile,
+    layout: KvLayout,
+    gpu_capacity: usize,
+    /// Waiting requests in admission order.
+    waiting: Vec<SeqId>,
+    /// Admitted sequences in priority order.
+    running: Vec<SeqId>,
+    seqs: HashMap<SeqId, Seq>,
+    events: Vec<Event>,
+}
+
+impl Scheduler {
+    pub fn new(
+        cfg: SchedulerConfig,
+        cost: CostProfile,
+        layout: KvLayout,
+        gpu_capacity: usize,
+    ) -> Self {
+        Scheduler {
+            cfg,
+            cost,
+            layout,
+            gpu_capacity,
+            waiting: Vec::new(),
+            running: Vec::new(),
+            seqs: HashMap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.cfg
+    }
+
+    pub fn cost(&self) -> &CostProfile {
+        &self.cost
+    }
+
+    /// Replaces the cost model (after a new fit).
+    pub fn set_cost(&mut self, cost: CostProfile) {
+        self.cost = cost;
+    }
+
+    pub fn waiting_len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn running_len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    fn order_key(&self, id: SeqId) -> (std::cmp::Reverse<u8>, Duration, SeqId) {
+        let r = &self.seqs[&id].req;
+        (std::cmp::Reverse(r.slo.priority), r.arrival, id)
+    }
+
+    /// Queues a request, or refuses it with the reason.
+    pub fn handle_submit(&mut self, req: Request) -> Result<(), SubmitError> {
+        if req.prompt.is_empty() {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        if req.max_tokens == 0 {
+            return Err(SubmitError::ZeroMaxTokens);
+        }
+        let total = req.prompt.len() + req.max_tokens;
+        if total > self.cfg.max_seq_tokens {
+            return Err(SubmitError::TooLong {
+                prompt: req.prompt.len(),
+                max_tokens: req.max_tokens,
+                limit: self.cfg.max_seq_tokens,
+            });
+        }
+        // Every layer must fit on the GPU at once for the sequence to decode to its end.
+        let needed = self.layout.blocks_for(total);
+        let limit =
+            self.gpu_capacity.saturating_sub(self.cfg.watermark_blocks) / self.layout.layers;
+        if needed > limit {
+            return Err(SubmitError::TooLarge {
+                tokens: total,
+                needed,
+                limit,
+            });
+        }
+        if self.waiting.len() >= self.cfg.max_waiting {
+            return Err(SubmitError::QueueFull {
+                limit: self.cfg.max_waiting,
+            });
+        }
+        if self.seqs.contains_key(&req.id) {
+            return Err(SubmitError::Duplicate(req.id));
+        }
+        let id = req.id;
+        self.seqs.insert(
+            id,
+            Seq {
+                req,
+                output: Vec::new(),
+                first_token_at: None,
+                cached_tokens: 0,
+            },
+        );
+        let key = self.order_key(id);
+        let at = self.waiting.partition_point(|&w| self.order_key(w) <= key);
+        self.waiting.insert(at, id);
+        Ok(())
+    }
+
+    /// Cancels a request wherever it is; its blocks are released.
+    pub fn handle_cancel(&mut self, id: SeqId, kv: &mut BlockManager, now: Duration) -> bool {
+        self.finish(id, FinishReason::Cancelled, kv, now)
+    }
+
+    fn finish(
+        &mut self,
+        id: SeqId,
+        reason: FinishReason,
+        kv: &mut BlockManager,
+        now: Duration,
+    ) -> bool {
+        let Some(seq) = self.seqs.remove(&id) else {
+            return false;
+        };
+        self.waiting.retain(|&w| w != id);
+        self.running.retain(|&r| r != id);
+        if kv.contains(id) {
+            // The sequence is known to the manager: freeing cannot fail.
+            let _ = kv.free(id);
+        }
+        self.events.push(Event::Finished {
+            seq: id,
+            reason,
+            prompt_tokens: seq.req.prompt.len(),
+            output_tokens: seq.output.len(),
+            cached_tokens: seq.cached_tokens,
+            at: now,
+        });
+        true
+    }
+
+    /// Drains the events of admissions and finishes decided outside `handle_output`.
+    pub fn poll_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn layer_bytes(&self, blocks: usize) -> u64 {
+        blocks as u64 * self.layout.block_bytes()
+    }
+
+    /// Moves layers of `victim` to the host until the GPU has `target` available blocks
+    /// (`layerwise`), or the whole sequence (`baseline`). Returns whether anything moved.
+    fn swap_out(&self, kv: &mut BlockManager, victim: SeqId, target: usize) -> bool {
+        let resident: Vec<usize> = (0..self.layout.layers)
+            .rev()
+            .filter(|&l| kv.blocks_off(victim, l, Tier::Host) > 0)
+            .collect();
+        if self.cfg.mode == Mode::Baseline {
+            let need: usize = resident
+                .iter()
+                .map(|&l| kv.blocks_off(victim, l, Tier::Host))
+                .sum();
+            if need == 0 || kv.available(Tier::Host) < need {
+                return false;
+            }
+            for l in resident {
+                let _ = kv.move_layer(victim, l, Tier::Host);
+            }
+            return true;
+        }
+        let mut moved = false;
+        for l in resident {
+            if kv.available(Tier::Gpu) >= target {
+                break;
+            }
+            if kv.move_layer(victim, l, Tier::Host).is_err() {
+                break;
+            }
+            moved = true;
+        }
+        moved
+    }
+
+    /// Plans the next step. Blocks are allocated and moves recorded in `kv` as it decides.
+    pub fn poll_plan(&mut self, kv: &mut BlockManager, now: Duration) -> StepPlan {
+        let layers = self.layout.layers;
+        let mut keys: Vec<_> = self
+            .running
+            .iter()
+            .map(|&r| (self.order_key(r), r))
+            .collect();
+        keys.sort();
+        self.running = keys.into_iter().map(|(_, r)| r).collect();
+        let running = self.running.clone();
+
+        // Pass 1: growth.
+        let mut swapped = HashSet::new();
+        let mut growing = Vec::new();
+        for (i, &s) in running.iter().enumerate() {
+            if growing.len() >= self.cfg.max_batch_seqs {
+                break;
+            }
+            let pos = kv.seq_tokens(s);
+            let gpu_need = |kv: &BlockManager| {
+                (0..layers)
+                    .filter(|&l| kv.is_resident(s, l))
+                    .map(|l| kv.blocks_to_grow(s, l, pos + 1))
+                    .sum::<usize>()
+            };
+            while kv.available(Tier::Gpu) < gpu_need(kv) {
+                let victim = running[i + 1..]
+                    .iter()
+                    .rev()
+                    .copied()
+                    .find(|&v| (0..layers).any(|l| kv.blocks_off(v, l, Tier::Host) > 0))
+                    .unwrap_or(s);
+                if !self.swap_out(kv, victim, gpu_need(kv)) {
+                    break;
+                }
+                swapped.insert(victim);
+            }
+            let host_need: usize = (0..layers)
+                .filter(|&l| !kv.is_resident(s, l))
+                .map(|l| kv.blocks_to_grow(s, l, pos + 1))
+                .sum();
+            if kv.available(Tier::Gpu) < gpu_need(kv) || kv.available(Tier::Host) < host_need {
+                continue;
+            }
+            for l in 0..layers {
+                let tier = if kv.is_resident(s, l) {
+                    Tier::Gpu
+                } else {
+                    Tier::Host
+                };
+                // Availability was checked above for both tiers.
+                let _ = kv.grow(s, l, pos + 1, tier);
+            }
+            growing.push(s);
+        }
+
+        // Pass 2: offloaded layers — stream, reload, or wait.
+        let sum_ctx: usize = growing.iter().map(|&s| kv.seq_tokens(s) + 1).sum();
+        let decode_layer_s = self.cost.decode_layer_s(growing.len(), sum_ctx);
+        let mut staging_used = vec![0usize; layers];
+        let mut stream_bytes = vec![0u64; layers];
+        let mut decoding = Vec::new();
+        let mut parked_need = 0usize;
+        for &s in &growing {
+            let off = kv.offloaded_layers(s);
+            if off.is_empty() {
+                decoding.push(s);
+                continue;
+            }
+            let blocks = self.layout.blocks_for(kv.seq_tokens(s) + 1);
+            let bytes = self.layer_bytes(blocks);
+            let can_stream = self.cfg.mode == Mode::Layerwise
+                && off.iter().all(|&l| {
+                    staging_used[l] + blocks <= self.cfg.staging_blocks
+                        && self.cost.transfer_s(stream_bytes[l] + bytes) <= decode_layer_s
+                });
+            if can_stream {
+                for &l in &off {
+                    staging_used[l] += blocks;
+                    stream_bytes[l] += bytes;
+                }
+                decoding.push(s);
+                continue;
+            }
+            if swapped.contains(&s) {
+                continue;
+            }
+            let need: usize = off.iter().map(|&l| kv.blocks_off(s, l, Tier::Gpu)).sum();
+            if self.cfg.mode == Mode::Baseline && kv.available(Tier::Gpu) < need {
+                parked_need += need;
+                continue;
+            }
+            for &l in &off {
+                if kv.available(Tier::Gpu) < kv.blocks_off(s, l, Tier::Gpu)
+                    || kv.move_layer(s, l, Tier::Gpu).is_err()
+                {
+                    break;
+                }
+            }
+            let left: usize = (0..layers).map(|l| kv.blocks_off(s, l, Tier::Gpu)).sum();
+            if left == 0 {
+                decoding.push(s);
+            } else {
+                parked_need += left;
+            }
+        }
+
+        // Pass 3: admission.
+        let mut prefills: Vec<(SeqId, usize, Vec<bool>)> = Vec::new();
+        let decode_step_s = self.cost.decode_s(decoding.len(), sum_ctx, layers);
+        let mut step_s = decode_step_s;
+        let mut prefill_tokens = 0usize;
+        while let Some(&s) = self.waiting.first() {
+            if decoding.len() + prefills.len() >= self.cfg.max_batch_seqs {
+                break;
+            }
+            let Some(mask) = self.plan_admission(
+                kv,
+                s,
+                now,
+                &decoding,
+                parked_need,
+                &mut staging_used,
+                &mut step_s,
+                &mut prefill_tokens,
+                decode_step_s,
+            ) else {
+                break;
+            };
+            let seq = &self.seqs[&s];
+            let (prompt, salt) = (seq.req.prompt.clone(), seq.req.cache_salt);
+            if let Some(hit) = self.admit(kv, s, &prompt, salt, &mask) {
+                self.waiting.remove(0);
+                self.running.push(s);
+                let offloaded = mask.iter().filter(|&&m| m).count();
+                if let Some(seq) = self.seqs.get_mut(&s) {
+                    seq.cached_tokens = hit;
+                }
+                self.events.push(Event::Admitted {
+                    seq: s,
+                    at: now,
+                    offloaded_layers: offloaded,
+                    cached_tokens: hit,
+                });
+                prefills.push((s, hit, mask));
+            } else {
+                break;
+            }
+        }
+
+        let mut plan = StepPlan {
+            copies: kv.poll_copies(),
+            items: Vec::with_capacity(prefills.len() + decoding.len()),
+        };
+        for (s, hit, mask) in prefills {
+            let seq = &self.seqs[&s];
+            let n = seq.req.prompt.len();
+            plan.items.push(WorkItem {
+                seq: s,
+                kind: WorkKind::Prefill,
+                tokens: seq.req.prompt[hit..].to_vec(),
+                start_pos: hit,
+                layers: self.layer_tables(kv, s, n, Some(&mask)),
+                sampling: seq.req.sampling,
+                output_index: 0,
+                want_logits: seq.req.want_logits,
+            });
+        }
+        for s in decoding {
+            let seq = &self.seqs[&s];
+            let pos = kv.seq_tokens(s);
+            let Some(&last) = seq.output.last() else {
+                debug_assert!(false, "a running sequence without output");
+                continue;
+            };
+            plan.items.push(WorkItem {
+                seq: s,
+                kind: WorkKind::Decode,
+                tokens: vec![last],
+                start_pos: pos,
+                layers: self.layer_tables(kv, s, pos + 1, None),
+                sampling: seq.req.sampling,
+                output_index: seq.output.len(),
+                want_logits: seq.req.want_logits,
+            });
+        }
+        plan
+    }
+
+    fn layer_tables(
+        &self,
+        kv: &BlockManager,
+        s: SeqId,
+        tokens: usize,
+        staged: Option<&[bool]>,
+    ) -> Vec<LayerKv> {
+        let blocks = self.layout.blocks_for(tokens);
+        (0..self.layout.layers)
+            .map(|l| {
+                let table = kv.table(s, l);
+                LayerKv {
+                    blocks: table[..blocks.min(table.len())].to_vec(),
+                    staged: staged.map_or(!kv.is_resident(s, l), |m| m[l]),
+                }
+            })
+            .collect()
+    }
+
+    /// Decides whether the head of the queue can start now, and which layers it offloads.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_admission(
+        &self,
+        kv: &BlockManager,
+        s: SeqId,
+        now: Duration,
+        decoding: &[SeqId],
+        parked_need: usize,
+        staging_used: &mut [usize],
+        step_s: &mut f64,
+        prefill_tokens: &mut usize,
+        decode_step_s: f64,
+    ) -> Option<Vec<bool>> {
+        let layers = self.layout.layers;
+        let req = &self.seqs[&s].req;
+        let hit = kv.peek_prefix(&req.prompt, req.cache_salt);
+        let hit_tokens = hit.blocks() * self.layout.block_tokens;
+        let n_new = req.prompt.len() - hit_tokens;
+        if *prefill_tokens > 0 && *prefill_tokens + n_new > self.cfg.max_prefill_tokens {
+            return None;
+        }
+        let b_total = self.layout.blocks_for(req.prompt.len());
+        let b_new = b_total - hit.blocks();
+        let host_hits = |l: usize| {
+            hit.tables[l]
+                .iter()
+                .filter(|b| b.tier == Tier::Host)
+                .count()
+        };
+        let prefill_s = self.cost.prefill_s(n_new, hit_tokens, layers);
+        let free = kv
+            .available(Tier::Gpu)
+            .saturating_sub(self.cfg.watermark_blocks);
+        let mask = match self.cfg.mode {
+            Mode::Baseline => {
+                let need: usize = (0..layers).map(|l| b_new + host_hits(l)).sum();
+                if parked_need > 0 || need > free {
+                    return None;
+                }
+                vec![false; layers]
+            }
+            Mode::Layerwise => {
+                let free = free.saturating_sub(parked_need);
+                let per_layer = b_new + (0..layers).map(host_hits).max().unwrap_or(0);
+                let resident = (free / per_layer.max(1)).min(layers);
+                let transfer_s = self.cost.transfer_s(self.layer_bytes(b_new));
+                if resident < residency::min_resident(layers, transfer_s, prefill_s) {
+                    return None;
+                }
+                let mask = residency::spread(layers, layers - resident);
+                let offloaded = layers - resident;
+                if offloaded > 0 {
+                    let staging_ok = (0..layers)
+                        .filter(|&l| mask[l])
+                        .all(|l| staging_used[l] + b_total <= self.cfg.staging_blocks);
+                    if !staging_ok || kv.available(Tier::Host) < offloaded * b_new {
+                        return None;
+                    }
+                }
+                if !self.decodes_keep_tpot(decoding, now, *step_s + prefill_s, decode_step_s) {
+                    return None;
+                }
+                for l in (0..layers).filter(|&l| mask[l]) {
+                    staging_used[l] += b_total;
+                }
+                mask
+            }
+        };
+        *step_s += prefill_s;
+        *prefill_tokens += n_new;
+        Some(mask)
+    }
+
+    /// `true` when no decoding sequence newly misses its TPOT SLO if this step takes `step_s`.
+    fn decodes_keep_tpot(
+        &self,
+        decoding: &[SeqId],
+        now: Duration,
+        step_s: f64,
+        decode_step_s: f64,
+    ) -> bool {
+        decoding.iter().all(|d| {
+            let seq = &self.seqs[d];
+            let Some(first) = seq.first_token_at else {
+                return true;
+            };
+            let intervals = (seq.req.max_tokens.max(2) - 1) as f64;
+            let remaining = seq.req.max_tokens.saturating_sub(seq.output.len() + 1) as f64;
+            let elapsed = now.saturating_sub(first).as_secs_f64();
+            let slo_s = seq.req.slo.tpot_ms / 1e3;
+            let with = (elapsed + step_s + remaining * decode_step_s) / intervals;
+            let without = (elapsed + decode_step_s * (remaining + 1.0)) / intervals;
+            // A sequence already past its SLO cannot be saved by waiting; do not let it block.
+            with <= slo_s || without > slo_s
+        })
+    }
+
+    /// Registers the sequence, attaches its cached prefix and allocates its layers. Returns the
+    /// cached tokens, or `None` (with nothing held) if the blocks could not be had.
+    fn admit(
+        &self,
+        kv: &mut BlockManager,
+        s: SeqId,
+        prompt: &[u32],
+        salt: u64,
+        offloaded: &[bool],
+    ) -> Option<usize> {
+        kv.register(s, salt).ok()?;
+        let result = (|| {
+            let hit = kv.attach_prefix(s, prompt)?;
+            for (l, &off) in offloaded.iter().enumerate() {
+                if off {
+                    kv.grow(s, l, prompt.len(), Tier::Host)?;
+                } else {
+                    kv.move_layer(s, l, Tier::Gpu)?;
+                    kv.grow(s, l, prompt.len(), Tier::Gpu)?;
+                }
+            }
+            Ok::<usize, crate::kv::KvError>(hit)
+        })();
+        match result {
+            Ok(hit) => Some(hit),
+            Err(_) => {
+                debug_assert!(false, "admission failed after its checks passed");
+                let _ = kv.free(s);
+                None
+            }
+        }
+    }
+
+    /// Takes what the executor returned for `plan`: commits K/V, records tokens, finishes
+    /// sequences. `end` is the time the step finished.
+    pub fn handle_output(
+        &mut self,
+        plan: &StepPlan,
+        out: &StepOutput,
+        kv: &mut BlockManager,
+        end: Duration,
+    ) -> Vec<Event> {
+        let mut logits: HashMap<SeqId, &Vec<f32>> =
+            out.logits.iter().map(|(s, l)| (*s, l)).collect();
+        for (item, &(seq_id, token)) in plan.items.iter().zip(&out.tokens) {
+            debug_assert_eq!(item.seq, seq_id);
+            if kv.commit(seq_id, &item.tokens).is_err() {
+                continue;
+            }
+            let Some(seq) = self.seqs.get_mut(&seq_id) else {
+                continue;
+            };
+            let index = seq.output.len();
+            seq.output.push(token);
+            seq.first_token_at.get_or_insert(end);
+            self.events.push(Event::Token {
+                seq: seq_id,
+                token,
+                index,
+                at: end,
+                logits: logits.remove(&seq_id).cloned(),
+            });
+            let reason = if seq.req.stop_tokens.contains(&token) {
+                Some(FinishReason::Stop)
+            } else if seq.output.len() >= seq.req.max_tokens {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                self.finish(seq_id, reason, kv, end);
+            }
+        }
+        self.poll_events()
+    }
+
+    /// Fails every sequence of a step that could not run.
+    pub fn handle_failure(
+        &mut self,
+        plan: &StepPlan,
+        error: &str,
+        kv: &mut BlockManager,
+        end: Duration,
+    ) -> Vec<Event> {
+        for item in &plan.items {
+            self.finish(item.seq, FinishReason::Error(error.to_string()), kv, end);
+        }
+        self.poll_events()
+    }
+}
