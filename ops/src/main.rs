@@ -1,1 +1,32 @@
-fn main() {}
+//! `strata`: serve large language models on a cluster with low time-to-first-token at long
+//! contexts.
+//!
+//! Module map:
+//! - [`bench`] — benchmarks (`strata bench engine`: baseline vs layer-wise, in one run).
+
+mod bench;
+
+use clap::{Parser, Subcommand};
+
+/// Strata serves LLMs with low time-to-first-token at long contexts by managing the KV cache
+/// layer by layer (after LayerKV, arXiv 2410.00428).
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Measure Strata: load generators and side-by-side comparisons.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Bench(cmd) => bench::run(cmd),
+    }
+}

@@ -7,6 +7,7 @@
 //! - [`residency`] — which layers of a prefill stay resident.
 //! - [`scheduler`] — the [`Scheduler`] itself.
 //! - [`fit`] — fitting a `CostProfile` from measured step times.
+//! - [`roofline`] — an analytic `CostProfile` from a shape and measured machine ceilings.
 
 pub mod config;
 pub mod event;
@@ -14,6 +15,7 @@ pub mod fit;
 pub mod plan;
 pub mod request;
 pub mod residency;
+pub mod roofline;
 pub mod scheduler;
 
 pub use config::{Mode, SchedulerConfig};

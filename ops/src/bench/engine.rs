@@ -1,0 +1,327 @@
+//! `strata bench engine`: baseline vs layer-wise on one long-context workload, in-process.
+
+use super::stats::ModeReport;
+use super::workload::Workload;
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+use strata_node::engine::calibrate::{CalibrationPlan, calibrate};
+use strata_node::engine::replay::replay;
+use strata_node::engine::{Engine, EngineConfig};
+use strata_node::exec::cpu::CpuExecutor;
+use strata_node::exec::sim::SimExecutor;
+use strata_node::exec::{Executor, PoolSizes};
+use strata_node::kv::KvLayout;
+use strata_node::model::{ModelConfig, ModelSource, Weights};
+use strata_node::sched::{Mode, SchedulerConfig, roofline};
+use strata_transport::proto::{CostProfile, SloClass};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecKind {
+    /// Real f32 math on this machine's CPU cores; the GPU tier is a capacity-limited RAM pool.
+    Cpu,
+    /// No math: step times from a cost profile (fast; any model shape).
+    Sim,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EngineArgs {
+    /// Executor that runs the steps.
+    #[arg(long, value_enum, default_value = "cpu")]
+    executor: ExecKind,
+    /// Model: a preset (`tiny`, `llama-3-8b`, `llama-3-70b`) or a HF model directory.
+    /// `cpu` computes with its weights (random for presets), so keep it small.
+    #[arg(long, default_value = "tiny")]
+    model: String,
+    /// Requests in the workload (each mode runs the same ones).
+    #[arg(long, default_value_t = 40)]
+    requests: usize,
+    /// Arrival rate in requests per second of engine time. Default: `--load` times the rate a
+    /// single-request-at-a-time server would sustain, from the cost profile.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Offered load relative to serial service, used when `--rate` is not given.
+    #[arg(long, default_value_t = 0.7)]
+    load: f64,
+    /// Shortest prompt, tokens.
+    #[arg(long, default_value_t = 1024)]
+    prompt_min: usize,
+    /// Longest prompt, tokens.
+    #[arg(long, default_value_t = 8192)]
+    prompt_max: usize,
+    /// Fewest output tokens.
+    #[arg(long, default_value_t = 64)]
+    output_min: usize,
+    /// Most output tokens.
+    #[arg(long, default_value_t = 256)]
+    output_max: usize,
+    /// GPU-tier budget, as a number of full KV footprints of the longest request
+    /// (prompt-max + output-max over all layers). Layer-wise mode pays its staging area from it.
+    #[arg(long, default_value_t = 3.0)]
+    gpu_budget: f64,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16)]
+    block_tokens: usize,
+    /// TTFT target, ms. Default: 4× the prefill time of the longest prompt.
+    #[arg(long)]
+    ttft_slo_ms: Option<f64>,
+    /// TPOT target, ms. Default: the prefill time of a mean prompt spread over a mean output.
+    #[arg(long)]
+    tpot_slo_ms: Option<f64>,
+    /// Cost profile (TOML) for the scheduler and, with `sim`, for step times. Default: fitted
+    /// here by calibration on `cpu`; an analytic H200 roofline on `sim`.
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Modes to run, in order.
+    #[arg(long, value_delimiter = ',', default_value = "baseline,layerwise")]
+    modes: Vec<Mode>,
+    /// Seed of the workload and the random weights.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Document<'a> {
+    runs: &'a [ModeReport],
+    executor: ExecKind,
+    model: &'a str,
+    workload: &'a Workload,
+    ttft_slo_ms: f64,
+    tpot_slo_ms: f64,
+    gpu_budget_blocks: usize,
+    block_bytes: u64,
+    cost_profile: &'a CostProfile,
+}
+
+struct Setup {
+    cfg: ModelConfig,
+    weights: Option<Weights>,
+    layout: KvLayout,
+}
+
+fn setup(args: &EngineArgs) -> anyhow::Result<Setup> {
+    let source: ModelSource = args.model.parse().map_err(anyhow::Error::msg)?;
+    let (cfg, weights) = match args.executor {
+        ExecKind::Sim => (source.config()?, None),
+        ExecKind::Cpu => {
+            let cfg = source.config()?;
+            let params = cfg.num_layers * (4 * cfg.hidden_size * cfg.hidden_size + 3 * cfg.hidden_size * cfg.intermediate_size);
+            if params > 2_000_000_000 {
+                bail!("{} is too large for the cpu executor ({params} layer parameters); use --executor sim", args.model);
+            }
+            let model = source.load(args.seed, 0..cfg.num_layers)?;
+            (model.config, Some(model.weights))
+        }
+    };
+    let layout = KvLayout {
+        layers: cfg.num_layers,
+        block_tokens: args.block_tokens,
+        kv_heads: cfg.num_kv_heads,
+        head_dim: cfg.head_dim,
+        dtype_bytes: if weights.is_some() { 4 } else { 2 },
+    };
+    Ok(Setup { cfg, weights, layout })
+}
+
+fn executor(s: &Setup, exec: ExecKind, pools: PoolSizes, cost: &CostProfile, seed: u64) -> anyhow::Result<Box<dyn Executor>> {
+    Ok(match (exec, &s.weights) {
+        (ExecKind::Cpu, Some(w)) => Box::new(CpuExecutor::new(&s.cfg, w.clone(), s.layout, pools)?),
+        _ => Box::new(SimExecutor::new(*cost, s.layout, s.cfg.vocab_size as u32, seed)),
+    })
+}
+
+pub fn run(args: EngineArgs) -> anyhow::Result<()> {
+    if args.prompt_min == 0 || args.prompt_min > args.prompt_max || args.output_min == 0 || args.output_min > args.output_max {
+        bail!("need 0 < prompt-min ≤ prompt-max and 0 < output-min ≤ output-max");
+    }
+    if args.modes.is_empty() || args.requests == 0 {
+        bail!("nothing to run: give at least one mode and one request");
+    }
+    let s = setup(&args)?;
+    let layers = s.layout.layers;
+    let max_seq = args.prompt_max + args.output_max;
+    if max_seq > s.cfg.max_position_embeddings {
+        bail!("prompt-max + output-max = {max_seq} exceeds the model's context of {}", s.cfg.max_position_embeddings);
+    }
+    let seq_blocks = s.layout.blocks_for(max_seq);
+    let budget = (args.gpu_budget * (layers * seq_blocks) as f64).round() as usize;
+    let staging = seq_blocks;
+    if budget < layers * seq_blocks + staging + layers {
+        bail!("--gpu-budget {} cannot hold one longest request plus staging; raise it", args.gpu_budget);
+    }
+    let host_blocks = (args.requests * layers * seq_blocks).min(((8u64 << 30) / s.layout.block_bytes()) as usize);
+    println!(
+        "strata bench engine: {} executor, model {} ({layers} layers), GPU budget {budget} blocks of {} KiB \
+         = {:.1} longest requests",
+        format!("{:?}", args.executor).to_lowercase(),
+        args.model,
+        s.layout.block_bytes() / 1024,
+        args.gpu_budget
+    );
+
+    let cost = profile(&args, &s, budget, host_blocks)?;
+    let layers_f = layers;
+    let mean_prefill = (0..16)
+        .map(|i| {
+            let p = args.prompt_min + (args.prompt_max - args.prompt_min) * i / 15;
+            cost.prefill_s(p, 0, layers_f)
+        })
+        .sum::<f64>()
+        / 16.0;
+    let mean_prompt = (args.prompt_min + args.prompt_max) / 2;
+    let mean_out = (args.output_min + args.output_max) as f64 / 2.0;
+    let serial_s = mean_prefill + mean_out * cost.decode_s(1, mean_prompt, layers_f);
+    let rate = args.rate.unwrap_or(args.load / serial_s);
+    let ttft_slo_ms = args.ttft_slo_ms.unwrap_or(4e3 * cost.prefill_s(args.prompt_max, 0, layers_f));
+    let tpot_slo_ms = args.tpot_slo_ms.unwrap_or(1e3 * cost.prefill_s(mean_prompt, 0, layers_f) / mean_out);
+    let slo = SloClass { name: "bench".into(), ttft_ms: ttft_slo_ms, tpot_ms: tpot_slo_ms, priority: 0 };
+    slo.validate()?;
+    let workload = Workload {
+        requests: args.requests,
+        rate_per_s: rate,
+        prompt_min: args.prompt_min,
+        prompt_max: args.prompt_max,
+        output_min: args.output_min,
+        output_max: args.output_max,
+        vocab_size: s.cfg.vocab_size as u32,
+        seed: args.seed,
+    };
+    println!(
+        "workload: {} requests, Poisson {rate:.3} req/s, prompts {}–{} tokens, outputs {}–{}; \
+         SLO: TTFT ≤ {ttft_slo_ms:.0} ms, TPOT ≤ {tpot_slo_ms:.1} ms",
+        args.requests, args.prompt_min, args.prompt_max, args.output_min, args.output_max
+    );
+    let requests = workload.generate(&slo);
+
+    let mut reports = Vec::new();
+    for &mode in &args.modes {
+        let staging_blocks = if mode == Mode::Layerwise { staging } else { 0 };
+        let pools = PoolSizes { gpu_blocks: budget - staging_blocks, host_blocks, staging_blocks };
+        let sched = SchedulerConfig {
+            mode,
+            staging_blocks,
+            watermark_blocks: layers.max(pools.gpu_blocks / 100),
+            max_seq_tokens: max_seq,
+            max_prefill_tokens: args.prompt_max.max(8192),
+            ..SchedulerConfig::default()
+        };
+        let exec = executor(&s, args.executor, pools, &cost, args.seed)?;
+        let mut engine = Engine::new(EngineConfig { sched, pools }, s.layout, cost, exec)?;
+        let bar = ProgressBar::new(requests.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} done {msg}")
+                .context("progress template")?
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(mode.name());
+        let started = Instant::now();
+        let mut done = 0u64;
+        let records = replay(&mut engine, requests.clone(), 50_000_000, |now, rep| {
+            done += rep
+                .events
+                .iter()
+                .filter(|e| matches!(e, strata_node::sched::Event::Finished { .. }))
+                .count() as u64;
+            bar.set_position(done);
+            bar.set_message(format!("engine time {:.1}s", now.as_secs_f64()));
+        })?;
+        bar.finish_and_clear();
+        let report = ModeReport::new(mode.name(), &records, started.elapsed().as_secs_f64());
+        println!(
+            "{:>10}: done in {:.1}s wall, {:.1}s engine time",
+            mode.name(),
+            report.wall_s,
+            report.makespan_s
+        );
+        reports.push(report);
+    }
+    print_table(&reports);
+    if let Some(path) = &args.json {
+        let doc = Document {
+            runs: &reports,
+            executor: args.executor,
+            model: &args.model,
+            workload: &workload,
+            ttft_slo_ms,
+            tpot_slo_ms,
+            gpu_budget_blocks: budget,
+            block_bytes: s.layout.block_bytes(),
+            cost_profile: &cost,
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The cost profile: a file, a calibration of the cpu executor, or the H200 roofline.
+fn profile(args: &EngineArgs, s: &Setup, gpu_blocks: usize, host_blocks: usize) -> anyhow::Result<CostProfile> {
+    if let Some(path) = &args.profile {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        return toml::from_str(&text).with_context(|| format!("parsing cost profile {}", path.display()));
+    }
+    if args.executor == ExecKind::Sim {
+        println!("cost profile: analytic H200 roofline for {} (no --profile given)", args.model);
+        return Ok(roofline::profile(&s.cfg, &roofline::H200, 2));
+    }
+    let pools = PoolSizes { gpu_blocks, host_blocks: host_blocks.min(8192), staging_blocks: 0 };
+    let mut exec = executor(s, ExecKind::Cpu, pools, &CostProfile::default(), args.seed)?;
+    let plan = CalibrationPlan::for_prompts(args.prompt_max);
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template("calibrating [{bar:30}] {pos}/{len} points").context("progress template")?);
+    let started = Instant::now();
+    let (cost, _) = calibrate(&mut *exec, s.layout, gpu_blocks, pools.host_blocks, &plan, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "cost profile fitted on this machine in {:.1}s: prefill {:.0} ms at {} tokens, decode step {:.2} ms at batch 8, copies {:.2} GB/s",
+        started.elapsed().as_secs_f64(),
+        cost.prefill_s(args.prompt_max, 0, s.layout.layers) * 1e3,
+        args.prompt_max,
+        cost.decode_s(8, 8 * args.prompt_max / 2, s.layout.layers) * 1e3,
+        cost.transfer.bw_bytes_per_s / 1e9
+    );
+    Ok(cost)
+}
+
+fn print_table(reports: &[ModeReport]) {
+    println!(
+        "\n{:<10} {:>11} {:>11} {:>7} {:>10} {:>10} {:>9} {:>6} {:>6} {:>6}",
+        "mode", "TTFT p50", "TTFT p99", "queue", "TPOT p50", "TPOT p99", "tok/s", "SLO", "TTFT✓", "TPOT✓"
+    );
+    for r in reports {
+        println!(
+            "{:<10} {:>9.0}ms {:>9.0}ms {:>6.1}% {:>8.1}ms {:>8.1}ms {:>9.1} {:>5.0}% {:>5.0}% {:>5.0}%",
+            r.mode,
+            r.ttft_ms.p50,
+            r.ttft_ms.p99,
+            100.0 * r.queue_share,
+            r.tpot_ms.p50,
+            r.tpot_ms.p99,
+            r.throughput_tok_s,
+            100.0 * r.slo_attainment,
+            100.0 * r.ttft_attainment,
+            100.0 * r.tpot_attainment
+        );
+    }
+    let find = |m: &str| reports.iter().find(|r| r.mode == m);
+    if let (Some(b), Some(l)) = (find("baseline"), find("layerwise")) {
+        println!(
+            "\nlayerwise vs baseline: TTFT p50 {:.1}x lower, TTFT p99 {:.1}x lower, throughput {:.3}x, \
+             SLO attainment {:.0}% vs {:.0}%",
+            b.ttft_ms.p50 / l.ttft_ms.p50.max(1e-9),
+            b.ttft_ms.p99 / l.ttft_ms.p99.max(1e-9),
+            l.throughput_tok_s / b.throughput_tok_s.max(1e-9),
+            100.0 * l.slo_attainment,
+            100.0 * b.slo_attainment
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! Percentiles and the per-mode report of the engine bench.
+
+use serde::Serialize;
+use strata_node::engine::replay::RequestRecord;
+
+/// Nearest-rank percentile of `v` (sorted in place); 0 for an empty set.
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Quantiles {
+    pub p50: f64,
+    pub p99: f64,
+}
+
+impl Quantiles {
+    fn of(mut v: Vec<f64>) -> Self {
+        Quantiles {
+            p50: percentile(&mut v, 50.0),
+            p99: percentile(&mut v, 99.0),
+        }
+    }
+}
+
+/// One mode's results. Field names are the bench's JSON contract.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModeReport {
+    pub mode: String,
+    pub ttft_ms: Quantiles,
+    /// Σ time queued / Σ TTFT over completed requests.
+    pub queue_share: f64,
+    pub tpot_ms: Quantiles,
+    /// Output tokens per second from the first arrival to the last finish.
+    pub throughput_tok_s: f64,
+    /// Completed requests that met both TTFT and TPOT targets, over all requests.
+    pub slo_attainment: f64,
+    pub ttft_attainment: f64,
+    pub tpot_attainment: f64,
+    pub completed: usize,
+    pub rejected: usize,
+    pub requests: usize,
+    /// Mean layers offloaded to the host at prefill.
+    pub offloaded_layers_mean: f64,
+    /// Seconds of virtual time the run covered.
+    pub makespan_s: f64,
+    /// Seconds of wall time the run took.
+    pub wall_s: f64,
+}
+
+impl ModeReport {
+    pub fn new(mode: &str, records: &[RequestRecord], wall_s: f64) -> Self {
+        let done: Vec<&RequestRecord> = records.iter().filter(|r| r.finished.is_some() && r.first_token.is_some()).collect();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let ttft: Vec<f64> = done.iter().filter_map(|r| r.ttft()).map(ms).collect();
+        let tpot: Vec<f64> = done.iter().filter_map(|r| r.tpot()).map(ms).collect();
+        let queued: f64 = done.iter().filter_map(|r| r.queued()).map(ms).sum();
+        let ttft_sum: f64 = ttft.iter().sum();
+        let start = records.iter().map(|r| r.arrival).min().unwrap_or_default();
+        let end = done.iter().filter_map(|r| r.finished).max().unwrap_or_default();
+        let makespan_s = end.saturating_sub(start).as_secs_f64();
+        let tokens: usize = done.iter().map(|r| r.tokens.len()).sum();
+        let n = records.len().max(1) as f64;
+        let frac = |k: usize| k as f64 / n;
+        ModeReport {
+            mode: mode.to_string(),
+            ttft_ms: Quantiles::of(ttft),
+            queue_share: if ttft_sum > 0.0 { queued / ttft_sum } else { 0.0 },
+            tpot_ms: Quantiles::of(tpot),
+            throughput_tok_s: if makespan_s > 0.0 { tokens as f64 / makespan_s } else { 0.0 },
+            slo_attainment: frac(done.iter().filter(|r| r.met_slo()).count()),
+            ttft_attainment: frac(done.iter().filter(|r| r.ttft().is_some_and(|t| ms(t) <= r.slo.ttft_ms)).count()),
+            tpot_attainment: frac(done.iter().filter(|r| r.tpot().is_none_or(|t| ms(t) <= r.slo.tpot_ms)).count()),
+            completed: done.len(),
+            rejected: records.iter().filter(|r| r.rejected.is_some()).count(),
+            requests: records.len(),
+            offloaded_layers_mean: done.iter().map(|r| r.offloaded_layers as f64).sum::<f64>() / done.len().max(1) as f64,
+            makespan_s,
+            wall_s,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 50.0), 50.0);
+        assert_eq!(percentile(&mut v, 99.0), 99.0);
+        assert_eq!(percentile(&mut v, 100.0), 100.0);
+        assert_eq!(percentile(&mut [3.0, 1.0, 2.0], 50.0), 2.0);
+        assert_eq!(percentile(&mut [], 50.0), 0.0);
+    }
+}
