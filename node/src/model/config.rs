@@ -1,6 +1,6 @@
 //! `ModelConfig`: the shape of a Llama-family decoder, parsed from HF `config.json`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The architectures Strata runs. All are Llama-shaped decoders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,7 @@ pub enum DType {
 }
 
 impl DType {
+    /// Bytes per element.
     pub fn bytes(self) -> usize {
         match self {
             DType::F32 => 4,
@@ -111,3 +112,112 @@ impl ModelConfig {
         self.num_kv_heads * self.head_dim
     }
 }
+
+impl ModelConfig {
+    /// Reads and validates the HF `config.json` at `path`.
+    pub fn from_file(path: &Path) -> Result<ModelConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        ModelConfig::from_json_str(&text, path)
+    }
+
+    /// Parses and validates the text of an HF `config.json`; `path` is named in errors.
+    pub fn from_json_str(text: &str, path: &Path) -> Result<ModelConfig, ConfigError> {
+        let cfg = super::hf_config::parse(text, path)?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// This config as an HF `config.json` (older `rope_scaling` key); `from_json_str` reads it
+    /// back to an equal config.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        super::hf_config::to_json(self)
+    }
+
+    /// Checks that the shape is one Strata can run. Errors name `path` and the HF field.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: String| {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field: field.to_string(),
+                reason,
+            })
+        };
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (field, n) in sizes {
+            if n == 0 {
+                return invalid(field, "must be greater than 0".into());
+            }
+        }
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            let reason = format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_heads, self.num_kv_heads
+            );
+            return invalid("num_key_value_heads", reason);
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return invalid(
+                "head_dim",
+                format!("{} is odd; RoPE needs pairs", self.head_dim),
+            );
+        }
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if !positive(self.rms_norm_eps) {
+            return invalid("rms_norm_eps", format!("{} is not > 0", self.rms_norm_eps));
+        }
+        if !positive(self.rope_theta) {
+            return invalid("rope_theta", format!("{} is not > 0", self.rope_theta));
+        }
+        match self.rope_scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) | Some(RopeScaling::Llama3 { factor, .. })
+                if !positive(factor) =>
+            {
+                return invalid("rope_scaling.factor", format!("{factor} is not > 0"));
+            }
+            Some(RopeScaling::Linear { .. }) => {}
+            Some(RopeScaling::Llama3 {
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+                ..
+            }) => {
+                if !positive(low_freq_factor) || !positive(high_freq_factor - low_freq_factor) {
+                    let reason = format!(
+                        "need 0 < low_freq_factor < high_freq_factor, got {low_freq_factor} and {high_freq_factor}"
+                    );
+                    return invalid("rope_scaling.high_freq_factor", reason);
+                }
+                if original_max_position_embeddings == 0 {
+                    let field = "rope_scaling.original_max_position_embeddings";
+                    return invalid(field, "must be greater than 0".into());
+                }
+            }
+        }
+        let ids = self.bos_token_id.iter().map(|id| ("bos_token_id", id));
+        let ids = ids.chain(self.eos_token_ids.iter().map(|id| ("eos_token_id", id)));
+        for (field, &id) in ids {
+            if id as usize >= self.vocab_size {
+                let reason = format!("{id} is outside the vocabulary of {}", self.vocab_size);
+                return invalid(field, reason);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

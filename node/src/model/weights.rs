@@ -84,6 +84,19 @@ pub enum WeightsError {
         tensor: String,
         dtype: String,
     },
+    /// A directory holds no `*.safetensors` file.
+    #[error("{dir}: no *.safetensors file")]
+    NoCheckpoint { dir: PathBuf },
+    /// Only a whole model can be saved, not a pipeline stage.
+    #[error("cannot save layers {start}..{end} of {num_layers}: save needs the whole model")]
+    PartialSave {
+        start: usize,
+        end: usize,
+        num_layers: usize,
+    },
+    /// The weights in memory do not have the tensors the config calls for.
+    #[error("{path}: weights do not match the config: {reason}")]
+    Mismatch { path: PathBuf, reason: String },
     /// The requested layers are outside the model.
     #[error("layers {start}..{end} are outside a model of {num_layers} layers")]
     LayerRange {
@@ -120,13 +133,7 @@ impl Weights {
         seed: u64,
         layer_range: Range<usize>,
     ) -> Result<Weights, WeightsError> {
-        if layer_range.start > layer_range.end || layer_range.end > cfg.num_layers {
-            return Err(WeightsError::LayerRange {
-                start: layer_range.start,
-                end: layer_range.end,
-                num_layers: cfg.num_layers,
-            });
-        }
+        check_range(cfg, &layer_range)?;
         let (h, q, kv, ff) = (
             cfg.hidden_size,
             cfg.q_dim(),
@@ -175,4 +182,18 @@ impl Weights {
     pub fn output(&self) -> &Matrix {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
+}
+
+pub(super) fn check_range(
+    cfg: &ModelConfig,
+    layer_range: &Range<usize>,
+) -> Result<(), WeightsError> {
+    if layer_range.start > layer_range.end || layer_range.end > cfg.num_layers {
+        return Err(WeightsError::LayerRange {
+            start: layer_range.start,
+            end: layer_range.end,
+            num_layers: cfg.num_layers,
+        });
+    }
+    Ok(())
 }
