@@ -219,3 +219,39 @@ fn refuses_what_can_never_run() {
     e.submit(req(4, 10, 1, 0)).unwrap();
     assert!(e.submit(req(4, 10, 1, 0)).is_err());
 }
+
+#[test]
+fn calibration_recovers_the_profile_it_measures() {
+    use strata_node::engine::calibrate::{CalibrationPlan, calibrate};
+    let truth = gpu_like();
+    let mut exec = SimExecutor::new(truth, layout(), 1000, 1);
+    let plan = CalibrationPlan::for_prompts(4096);
+    let mut last = (0, 0);
+    let (fitted, cal) =
+        calibrate(&mut exec, layout(), 40_000, 20_000, &plan, |d, t| last = (d, t)).unwrap();
+    assert_eq!(last.0, last.1);
+    assert_eq!(cal.prefill.len(), plan.prefill.len());
+    for (n, c) in [(3000, 0), (500, 3000)] {
+        let rel = fitted.prefill_s(n, c, LAYERS) / truth.prefill_s(n, c, LAYERS) - 1.0;
+        assert!(rel.abs() < 1e-3, "prefill {n}/{c}: {rel}");
+    }
+    let rel = fitted.decode_s(10, 20_000, LAYERS) / truth.decode_s(10, 20_000, LAYERS) - 1.0;
+    assert!(rel.abs() < 1e-3, "decode: {rel}");
+    let rel = fitted.transfer_s(1 << 24) / truth.transfer_s(1 << 24) - 1.0;
+    assert!(rel.abs() < 1e-3, "transfer: {rel}");
+}
+
+#[test]
+fn higher_priority_is_admitted_first() {
+    // Room for one 2k request at a time in baseline.
+    let gpu = 140 * LAYERS;
+    let mut low = req(1, 2048, 32, 1);
+    low.slo.priority = 0;
+    let mut high = req(2, 2048, 32, 2);
+    high.slo.priority = 5;
+    let first = req(0, 2048, 32, 0);
+    let recs = run(&mut engine(Mode::Baseline, gpu, 0, gpu_like()), vec![first, low, high]);
+    check_complete(&recs, &[32; 3]);
+    let (low, high) = (&recs[1], &recs[2]);
+    assert!(high.admitted.unwrap() < low.admitted.unwrap(), "high {:?} low {:?}", high.admitted, low.admitted);
+}

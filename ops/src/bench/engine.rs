@@ -106,7 +106,7 @@ struct Setup {
 }
 
 fn setup(args: &EngineArgs) -> anyhow::Result<Setup> {
-    let source: ModelSource = args.model.parse().map_err(anyhow::Error::msg)?;
+    let source: ModelSource = args.model.parse()?;
     let (cfg, weights) = match args.executor {
         ExecKind::Sim => (source.config()?, None),
         ExecKind::Cpu => {
