@@ -19,11 +19,28 @@ fn logits(cfg: &ModelConfig, w: Weights) -> Vec<Vec<f32>> {
         head_dim: cfg.head_dim,
         dtype_bytes: 4,
     };
-    let pools = PoolSizes { gpu_blocks: 256, host_blocks: 64, staging_blocks: 0 };
+    let pools = PoolSizes {
+        gpu_blocks: 256,
+        host_blocks: 64,
+        staging_blocks: 0,
+    };
     let exec = CpuExecutor::new(cfg, w, layout, pools).unwrap();
-    let sched = SchedulerConfig { staging_blocks: 0, ..Default::default() };
-    let mut e = Engine::new(EngineConfig { sched, pools }, layout, CostProfile::default(), Box::new(exec)).unwrap();
-    let mut r = Request::new(RequestId(1), (0..77).map(|t| 3 + t * 13 % 400).collect(), 12);
+    let sched = SchedulerConfig {
+        staging_blocks: 0,
+        ..Default::default()
+    };
+    let mut e = Engine::new(
+        EngineConfig { sched, pools },
+        layout,
+        CostProfile::default(),
+        Box::new(exec),
+    )
+    .unwrap();
+    let mut r = Request::new(
+        RequestId(1),
+        (0..77).map(|t| 3 + t * 13 % 400).collect(),
+        12,
+    );
     r.want_logits = true;
     let recs = replay(&mut e, vec![r], 10_000, |_, _| {}).unwrap();
     assert_eq!(recs[0].logits.len(), 12);
@@ -38,14 +55,25 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn round_bf16(w: &mut Weights) {
-    let r = |v: &mut Vec<f32>| v.iter_mut().for_each(|x| *x = half::bf16::from_f32(*x).to_f32());
+    let r = |v: &mut Vec<f32>| {
+        v.iter_mut()
+            .for_each(|x| *x = half::bf16::from_f32(*x).to_f32())
+    };
     r(&mut w.embed.data);
     r(&mut w.final_norm);
     if let Some(h) = &mut w.lm_head {
         r(&mut h.data);
     }
     for l in &mut w.layers {
-        for m in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.w_gate, &mut l.w_up, &mut l.w_down] {
+        for m in [
+            &mut l.wq,
+            &mut l.wk,
+            &mut l.wv,
+            &mut l.wo,
+            &mut l.w_gate,
+            &mut l.w_up,
+            &mut l.w_down,
+        ] {
             r(&mut m.data);
         }
         for v in [&mut l.attn_norm, &mut l.mlp_norm] {
@@ -60,7 +88,11 @@ fn round_bf16(w: &mut Weights) {
 #[test]
 fn checkpoint_round_trip_keeps_logits() {
     // Untied head and Qwen2-style biases, so every tensor kind is written and read.
-    let cfg = ModelConfig { tie_word_embeddings: false, attention_bias: true, ..Preset::Tiny.config() };
+    let cfg = ModelConfig {
+        tie_word_embeddings: false,
+        attention_bias: true,
+        ..Preset::Tiny.config()
+    };
     let w = Weights::random(&cfg, 5, 0..cfg.num_layers).unwrap();
     for (dtype, name) in [(DType::F32, "f32"), (DType::BF16, "bf16")] {
         let dir = temp_dir(name);
@@ -72,8 +104,15 @@ fn checkpoint_round_trip_keeps_logits() {
         if dtype == DType::BF16 {
             round_bf16(&mut expected);
         }
-        assert_eq!(loaded.weights, expected, "{name}: weights differ after the round trip");
-        assert_eq!(logits(&loaded.config, loaded.weights), logits(&cfg, expected), "{name}: logits differ");
+        assert_eq!(
+            loaded.weights, expected,
+            "{name}: weights differ after the round trip"
+        );
+        assert_eq!(
+            logits(&loaded.config, loaded.weights),
+            logits(&cfg, expected),
+            "{name}: logits differ"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -227,8 +227,10 @@ fn calibration_recovers_the_profile_it_measures() {
     let mut exec = SimExecutor::new(truth, layout(), 1000, 1);
     let plan = CalibrationPlan::for_prompts(4096);
     let mut last = (0, 0);
-    let (fitted, cal) =
-        calibrate(&mut exec, layout(), 40_000, 20_000, &plan, |d, t| last = (d, t)).unwrap();
+    let (fitted, cal) = calibrate(&mut exec, layout(), 40_000, 20_000, &plan, |d, t| {
+        last = (d, t)
+    })
+    .unwrap();
     assert_eq!(last.0, last.1);
     assert_eq!(cal.prefill.len(), plan.prefill.len());
     for (n, c) in [(3000, 0), (500, 3000)] {
@@ -250,8 +252,16 @@ fn higher_priority_is_admitted_first() {
     let mut high = req(2, 2048, 32, 2);
     high.slo.priority = 5;
     let first = req(0, 2048, 32, 0);
-    let recs = run(&mut engine(Mode::Baseline, gpu, 0, gpu_like()), vec![first, low, high]);
+    let recs = run(
+        &mut engine(Mode::Baseline, gpu, 0, gpu_like()),
+        vec![first, low, high],
+    );
     check_complete(&recs, &[32; 3]);
     let (low, high) = (&recs[1], &recs[2]);
-    assert!(high.admitted.unwrap() < low.admitted.unwrap(), "high {:?} low {:?}", high.admitted, low.admitted);
+    assert!(
+        high.admitted.unwrap() < low.admitted.unwrap(),
+        "high {:?} low {:?}",
+        high.admitted,
+        low.admitted
+    );
 }

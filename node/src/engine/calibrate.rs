@@ -25,11 +25,33 @@ impl CalibrationPlan {
     pub fn for_prompts(max_prompt: usize) -> Self {
         let m = max_prompt.max(64);
         CalibrationPlan {
-            prefill: vec![(m / 16, 0), (m / 4, 0), (m / 2, m / 2), (m, 0), (m / 8, m / 2)],
+            prefill: vec![
+                (m / 16, 0),
+                (m / 4, 0),
+                (m / 2, m / 2),
+                (m, 0),
+                (m / 8, m / 2),
+            ],
             decode: vec![(1, m / 8), (1, m), (4, m / 2), (16, m / 4), (32, m / 8)],
             transfer_blocks: vec![8, 64, 256, 1024],
             repeats: 3,
         }
+    }
+
+    /// GPU blocks the largest point needs (the pool to calibrate with).
+    pub fn gpu_blocks_needed(&self, layout: &KvLayout) -> usize {
+        let prefill = self.prefill.iter().map(|&(n, c)| layout.blocks_for(n + c));
+        let decode = self
+            .decode
+            .iter()
+            .map(|&(b, c)| b * layout.blocks_for(c + 1));
+        let copy = self.transfer_blocks.iter().copied();
+        layout.layers * prefill.chain(decode).max().unwrap_or(0) + copy.max().unwrap_or(0)
+    }
+
+    /// Host blocks the largest copy needs.
+    pub fn host_blocks_needed(&self) -> usize {
+        self.transfer_blocks.iter().copied().max().unwrap_or(0)
     }
 }
 
@@ -84,7 +106,12 @@ fn item(kv: &BlockManager, seq: SeqId, kind: WorkKind, start: usize, n: usize) -
 }
 
 /// Allocates `count` sequences of `tokens` tokens on the GPU; ids start at `first`.
-fn alloc(kv: &mut BlockManager, first: u64, count: usize, tokens: usize) -> Result<Vec<SeqId>, KvError> {
+fn alloc(
+    kv: &mut BlockManager,
+    first: u64,
+    count: usize,
+    tokens: usize,
+) -> Result<Vec<SeqId>, KvError> {
     let mut ids = Vec::new();
     for i in 0..count as u64 {
         let id = RequestId(first + i);
@@ -134,7 +161,12 @@ pub fn calibrate(
             items: vec![item(&kv, ids[0], WorkKind::Prefill, n_ctx, n_new)],
         };
         let seconds = time(exec, &step, plan.repeats)?;
-        cal.prefill.push(PrefillSample { n_new, n_ctx, layers, seconds });
+        cal.prefill.push(PrefillSample {
+            n_new,
+            n_ctx,
+            layers,
+            seconds,
+        });
         kv.free(ids[0])?;
         done += 1;
         progress(done, total);
@@ -143,10 +175,18 @@ pub fn calibrate(
         let ids = alloc(&mut kv, 100, batch, ctx + 1)?;
         let step = StepPlan {
             copies: Vec::new(),
-            items: ids.iter().map(|&id| item(&kv, id, WorkKind::Decode, ctx, 1)).collect(),
+            items: ids
+                .iter()
+                .map(|&id| item(&kv, id, WorkKind::Decode, ctx, 1))
+                .collect(),
         };
         let seconds = time(exec, &step, plan.repeats)?;
-        cal.decode.push(DecodeSample { batch, sum_ctx: batch * (ctx + 1), layers, seconds });
+        cal.decode.push(DecodeSample {
+            batch,
+            sum_ctx: batch * (ctx + 1),
+            layers,
+            seconds,
+        });
         for id in ids {
             kv.free(id)?;
         }
@@ -159,9 +199,15 @@ pub fn calibrate(
         kv.register(id, 0)?;
         kv.grow(id, 0, tokens, Tier::Gpu)?;
         kv.move_layer(id, 0, Tier::Host)?;
-        let step = StepPlan { copies: kv.poll_copies(), items: Vec::new() };
+        let step = StepPlan {
+            copies: kv.poll_copies(),
+            items: Vec::new(),
+        };
         let seconds = time(exec, &step, plan.repeats)?;
-        cal.transfer.push(TransferSample { bytes: blocks as u64 * layout.block_bytes(), seconds });
+        cal.transfer.push(TransferSample {
+            bytes: blocks as u64 * layout.block_bytes(),
+            seconds,
+        });
         kv.free(id)?;
         done += 1;
         progress(done, total);

@@ -73,7 +73,13 @@ impl Engine {
             return Err(EngineError::EmptyPool(Tier::Gpu));
         }
         Ok(Engine {
-            sched: Scheduler::new(cfg.sched, cost, layout, cfg.pools.gpu_blocks),
+            sched: Scheduler::new(
+                cfg.sched,
+                cost,
+                layout,
+                cfg.pools.gpu_blocks,
+                cfg.pools.host_blocks,
+            ),
             kv: BlockManager::new(layout, cfg.pools.gpu_blocks, cfg.pools.host_blocks),
             exec,
         })

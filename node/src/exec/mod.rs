@@ -38,6 +38,12 @@ pub enum ExecError {
     /// The plan names something the executor does not have.
     #[error("invalid plan: {0}")]
     InvalidPlan(String),
+    /// The executor cannot run this model, layout or pool configuration.
+    #[error("{executor} executor cannot run this configuration: {reason}")]
+    Config {
+        executor: &'static str,
+        reason: String,
+    },
     /// The executor's device failed.
     #[error("device error: {0}")]
     Device(String),

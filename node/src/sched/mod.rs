@@ -22,4 +22,4 @@ pub use config::{Mode, SchedulerConfig};
 pub use event::Event;
 pub use plan::{CopyOp, LayerKv, Sampling, SeqId, StepPlan, WorkItem, WorkKind};
 pub use request::{FinishReason, Request, SubmitError};
-pub use scheduler::Scheduler;
+pub use scheduler::{AdmissionStops, Scheduler};

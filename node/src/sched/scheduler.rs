@@ -28,6 +28,27 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use strata_transport::proto::CostProfile;
 
+/// Why admission stopped, counted per step in which it stopped for that reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AdmissionStops {
+    /// The step's prefill-token or batch budget was used.
+    pub step_budget: usize,
+    /// Worst-case footprints of the running set would not fit GPU + host (liveness bound).
+    pub committed: usize,
+    /// Too few GPU blocks (baseline: for every layer; layerwise: for the layers that must stay).
+    pub gpu: usize,
+    /// Swapped-out sequences wait to come back first (baseline).
+    pub swapped_first: usize,
+    /// Too few host blocks for the offloaded layers.
+    pub host: usize,
+    /// The staging area cannot take another staged prefill this step.
+    pub staging: usize,
+    /// Offloading would take longer than the prefill computes.
+    pub offload_time: usize,
+    /// A running decode would miss its TPOT SLO.
+    pub tpot: usize,
+}
+
 #[derive(Debug, Clone)]
 struct Seq {
     req: Request,
@@ -44,6 +65,10 @@ pub struct Scheduler {
     cost: CostProfile,
     layout: KvLayout,
     gpu_capacity: usize,
+    host_capacity: usize,
+    /// Σ worst-case footprints (every layer, prompt + max_tokens) of the running sequences.
+    committed_blocks: usize,
+    stops: AdmissionStops,
     /// Waiting requests in admission order.
     waiting: Vec<SeqId>,
     /// Admitted sequences in priority order.
@@ -58,12 +83,16 @@ impl Scheduler {
         cost: CostProfile,
         layout: KvLayout,
         gpu_capacity: usize,
+        host_capacity: usize,
     ) -> Self {
         Scheduler {
             cfg,
             cost,
             layout,
             gpu_capacity,
+            host_capacity,
+            committed_blocks: 0,
+            stops: AdmissionStops::default(),
             waiting: Vec::new(),
             running: Vec::new(),
             seqs: HashMap::new(),
@@ -84,6 +113,11 @@ impl Scheduler {
         self.cost = cost;
     }
 
+    /// Why admission stopped, since the start.
+    pub fn admission_stops(&self) -> AdmissionStops {
+        self.stops
+    }
+
     pub fn waiting_len(&self) -> usize {
         self.waiting.len()
     }
@@ -94,6 +128,27 @@ impl Scheduler {
 
     pub fn has_work(&self) -> bool {
         !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    /// Blocks a request holds at most: every layer, prompt plus all its output.
+    fn footprint(&self, req: &Request) -> usize {
+        self.layout.layers * self.layout.blocks_for(req.prompt.len() + req.max_tokens)
+    }
+
+    /// Liveness: with the running set's worst-case footprints within GPU + host capacity less
+    /// the largest one, a full GPU implies host room for any whole sequence, so a swap-out
+    /// always succeeds and the highest-priority sequence can always make progress.
+    fn fits_committed(&self, req: &Request) -> bool {
+        let fp = self.footprint(req);
+        let largest = self
+            .running
+            .iter()
+            .map(|r| self.footprint(&self.seqs[r].req))
+            .chain([fp])
+            .max()
+            .unwrap_or(fp);
+        self.committed_blocks + fp + largest <= self.gpu_capacity + self.host_capacity
+            || self.running.is_empty()
     }
 
     fn order_key(&self, id: SeqId) -> (std::cmp::Reverse<u8>, Duration, SeqId) {
@@ -168,7 +223,10 @@ impl Scheduler {
             return false;
         };
         self.waiting.retain(|&w| w != id);
-        self.running.retain(|&r| r != id);
+        if self.running.contains(&id) {
+            self.running.retain(|&r| r != id);
+            self.committed_blocks -= self.footprint(&seq.req);
+        }
         if kv.contains(id) {
             // The sequence is known to the manager: freeing cannot fail.
             let _ = kv.free(id);
@@ -286,10 +344,18 @@ impl Scheduler {
         // Pass 2: offloaded layers — stream, reload, or wait.
         let sum_ctx: usize = growing.iter().map(|&s| kv.seq_tokens(s) + 1).sum();
         let decode_layer_s = self.cost.decode_layer_s(growing.len(), sum_ctx);
+        // Staged prefills have first claim on staging: streams may only use what the head of
+        // the queue would leave.
+        let prefill_reserve = self
+            .waiting
+            .first()
+            .map_or(0, |w| self.layout.blocks_for(self.seqs[w].req.prompt.len()));
+        let stream_limit = self.cfg.staging_blocks.saturating_sub(prefill_reserve);
         let mut staging_used = vec![0usize; layers];
         let mut stream_bytes = vec![0u64; layers];
         let mut decoding = Vec::new();
         let mut parked_need = 0usize;
+        let mut gathering = false;
         for &s in &growing {
             let off = kv.offloaded_layers(s);
             if off.is_empty() {
@@ -300,7 +366,7 @@ impl Scheduler {
             let bytes = self.layer_bytes(blocks);
             let can_stream = self.cfg.mode == Mode::Layerwise
                 && off.iter().all(|&l| {
-                    staging_used[l] + blocks <= self.cfg.staging_blocks
+                    staging_used[l] + blocks <= stream_limit
                         && self.cost.transfer_s(stream_bytes[l] + bytes) <= decode_layer_s
                 });
             if can_stream {
@@ -315,10 +381,14 @@ impl Scheduler {
                 continue;
             }
             let need: usize = off.iter().map(|&l| kv.blocks_off(s, l, Tier::Gpu)).sum();
-            if self.cfg.mode == Mode::Baseline && kv.available(Tier::Gpu) < need {
+            // A sequence that cannot come back whole this step waits. Only the first such one
+            // (the highest priority) gathers layers as blocks free, so that reloads converge on
+            // one sequence instead of leaving many half-resident and none decoding.
+            if kv.available(Tier::Gpu) < need && (self.cfg.mode == Mode::Baseline || gathering) {
                 parked_need += need;
                 continue;
             }
+            gathering |= kv.available(Tier::Gpu) < need;
             for &l in &off {
                 if kv.available(Tier::Gpu) < kv.blocks_off(s, l, Tier::Gpu)
                     || kv.move_layer(s, l, Tier::Gpu).is_err()
@@ -341,6 +411,7 @@ impl Scheduler {
         let mut prefill_tokens = 0usize;
         while let Some(&s) = self.waiting.first() {
             if decoding.len() + prefills.len() >= self.cfg.max_batch_seqs {
+                self.stops.step_budget += 1;
                 break;
             }
             let Some(mask) = self.plan_admission(
@@ -361,6 +432,7 @@ impl Scheduler {
             if let Some(hit) = self.admit(kv, s, &prompt, salt, &mask) {
                 self.waiting.remove(0);
                 self.running.push(s);
+                self.committed_blocks += self.footprint(&self.seqs[&s].req);
                 let offloaded = mask.iter().filter(|&&m| m).count();
                 if let Some(seq) = self.seqs.get_mut(&s) {
                     seq.cached_tokens = hit;
@@ -438,7 +510,7 @@ impl Scheduler {
     /// Decides whether the head of the queue can start now, and which layers it offloads.
     #[allow(clippy::too_many_arguments)]
     fn plan_admission(
-        &self,
+        &mut self,
         kv: &BlockManager,
         s: SeqId,
         now: Duration,
@@ -450,11 +522,16 @@ impl Scheduler {
         decode_step_s: f64,
     ) -> Option<Vec<bool>> {
         let layers = self.layout.layers;
-        let req = &self.seqs[&s].req;
+        let req = self.seqs[&s].req.clone();
+        if !self.fits_committed(&req) {
+            self.stops.committed += 1;
+            return None;
+        }
         let hit = kv.peek_prefix(&req.prompt, req.cache_salt);
         let hit_tokens = hit.blocks() * self.layout.block_tokens;
         let n_new = req.prompt.len() - hit_tokens;
         if *prefill_tokens > 0 && *prefill_tokens + n_new > self.cfg.max_prefill_tokens {
+            self.stops.step_budget += 1;
             return None;
         }
         let b_total = self.layout.blocks_for(req.prompt.len());
@@ -472,7 +549,12 @@ impl Scheduler {
         let mask = match self.cfg.mode {
             Mode::Baseline => {
                 let need: usize = (0..layers).map(|l| b_new + host_hits(l)).sum();
-                if parked_need > 0 || need > free {
+                if parked_need > 0 {
+                    self.stops.swapped_first += 1;
+                    return None;
+                }
+                if need > free {
+                    self.stops.gpu += 1;
                     return None;
                 }
                 vec![false; layers]
@@ -483,6 +565,7 @@ impl Scheduler {
                 let resident = (free / per_layer.max(1)).min(layers);
                 let transfer_s = self.cost.transfer_s(self.layer_bytes(b_new));
                 if resident < residency::min_resident(layers, transfer_s, prefill_s) {
+                    self.stops.offload_time += 1;
                     return None;
                 }
                 let mask = residency::spread(layers, layers - resident);
@@ -491,11 +574,17 @@ impl Scheduler {
                     let staging_ok = (0..layers)
                         .filter(|&l| mask[l])
                         .all(|l| staging_used[l] + b_total <= self.cfg.staging_blocks);
-                    if !staging_ok || kv.available(Tier::Host) < offloaded * b_new {
+                    if !staging_ok {
+                        self.stops.staging += 1;
+                        return None;
+                    }
+                    if kv.available(Tier::Host) < offloaded * b_new {
+                        self.stops.host += 1;
                         return None;
                     }
                 }
                 if !self.decodes_keep_tpot(decoding, now, *step_s + prefill_s, decode_step_s) {
+                    self.stops.tpot += 1;
                     return None;
                 }
                 for l in (0..layers).filter(|&l| mask[l]) {

@@ -62,6 +62,9 @@ pub struct EngineArgs {
     /// (prompt-max + output-max over all layers). Layer-wise mode pays its staging area from it.
     #[arg(long, default_value_t = 3.0)]
     gpu_budget: f64,
+    /// Host-tier capacity, GiB (allocated lazily on `cpu`; capped at what the workload can use).
+    #[arg(long, default_value_t = 64.0)]
+    host_gib: f64,
     /// Tokens per KV block.
     #[arg(long, default_value_t = 16)]
     block_tokens: usize,
@@ -111,9 +114,14 @@ fn setup(args: &EngineArgs) -> anyhow::Result<Setup> {
         ExecKind::Sim => (source.config()?, None),
         ExecKind::Cpu => {
             let cfg = source.config()?;
-            let params = cfg.num_layers * (4 * cfg.hidden_size * cfg.hidden_size + 3 * cfg.hidden_size * cfg.intermediate_size);
+            let params = cfg.num_layers
+                * (4 * cfg.hidden_size * cfg.hidden_size
+                    + 3 * cfg.hidden_size * cfg.intermediate_size);
             if params > 2_000_000_000 {
-                bail!("{} is too large for the cpu executor ({params} layer parameters); use --executor sim", args.model);
+                bail!(
+                    "{} is too large for the cpu executor ({params} layer parameters); use --executor sim",
+                    args.model
+                );
             }
             let model = source.load(args.seed, 0..cfg.num_layers)?;
             (model.config, Some(model.weights))
@@ -126,18 +134,37 @@ fn setup(args: &EngineArgs) -> anyhow::Result<Setup> {
         head_dim: cfg.head_dim,
         dtype_bytes: if weights.is_some() { 4 } else { 2 },
     };
-    Ok(Setup { cfg, weights, layout })
+    Ok(Setup {
+        cfg,
+        weights,
+        layout,
+    })
 }
 
-fn executor(s: &Setup, exec: ExecKind, pools: PoolSizes, cost: &CostProfile, seed: u64) -> anyhow::Result<Box<dyn Executor>> {
+fn executor(
+    s: &Setup,
+    exec: ExecKind,
+    pools: PoolSizes,
+    cost: &CostProfile,
+    seed: u64,
+) -> anyhow::Result<Box<dyn Executor>> {
     Ok(match (exec, &s.weights) {
         (ExecKind::Cpu, Some(w)) => Box::new(CpuExecutor::new(&s.cfg, w.clone(), s.layout, pools)?),
-        _ => Box::new(SimExecutor::new(*cost, s.layout, s.cfg.vocab_size as u32, seed)),
+        _ => Box::new(SimExecutor::new(
+            *cost,
+            s.layout,
+            s.cfg.vocab_size as u32,
+            seed,
+        )),
     })
 }
 
 pub fn run(args: EngineArgs) -> anyhow::Result<()> {
-    if args.prompt_min == 0 || args.prompt_min > args.prompt_max || args.output_min == 0 || args.output_min > args.output_max {
+    if args.prompt_min == 0
+        || args.prompt_min > args.prompt_max
+        || args.output_min == 0
+        || args.output_min > args.output_max
+    {
         bail!("need 0 < prompt-min ≤ prompt-max and 0 < output-min ≤ output-max");
     }
     if args.modes.is_empty() || args.requests == 0 {
@@ -147,15 +174,22 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
     let layers = s.layout.layers;
     let max_seq = args.prompt_max + args.output_max;
     if max_seq > s.cfg.max_position_embeddings {
-        bail!("prompt-max + output-max = {max_seq} exceeds the model's context of {}", s.cfg.max_position_embeddings);
+        bail!(
+            "prompt-max + output-max = {max_seq} exceeds the model's context of {}",
+            s.cfg.max_position_embeddings
+        );
     }
     let seq_blocks = s.layout.blocks_for(max_seq);
     let budget = (args.gpu_budget * (layers * seq_blocks) as f64).round() as usize;
     let staging = seq_blocks;
     if budget < layers * seq_blocks + staging + layers {
-        bail!("--gpu-budget {} cannot hold one longest request plus staging; raise it", args.gpu_budget);
+        bail!(
+            "--gpu-budget {} cannot hold one longest request plus staging; raise it",
+            args.gpu_budget
+        );
     }
-    let host_blocks = (args.requests * layers * seq_blocks).min(((8u64 << 30) / s.layout.block_bytes()) as usize);
+    let host_blocks = (args.requests * layers * seq_blocks)
+        .min((args.host_gib * (1u64 << 30) as f64 / s.layout.block_bytes() as f64) as usize);
     println!(
         "strata bench engine: {} executor, model {} ({layers} layers), GPU budget {budget} blocks of {} KiB \
          = {:.1} longest requests",
@@ -165,7 +199,7 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
         args.gpu_budget
     );
 
-    let cost = profile(&args, &s, budget, host_blocks)?;
+    let cost = profile(&args, &s)?;
     let layers_f = layers;
     let mean_prefill = (0..16)
         .map(|i| {
@@ -174,17 +208,9 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
         })
         .sum::<f64>()
         / 16.0;
-    let mean_prompt = (args.prompt_min + args.prompt_max) / 2;
-    let mean_out = (args.output_min + args.output_max) as f64 / 2.0;
-    let serial_s = mean_prefill + mean_out * cost.decode_s(1, mean_prompt, layers_f);
-    let rate = args.rate.unwrap_or(args.load / serial_s);
-    let ttft_slo_ms = args.ttft_slo_ms.unwrap_or(4e3 * cost.prefill_s(args.prompt_max, 0, layers_f));
-    let tpot_slo_ms = args.tpot_slo_ms.unwrap_or(1e3 * cost.prefill_s(mean_prompt, 0, layers_f) / mean_out);
-    let slo = SloClass { name: "bench".into(), ttft_ms: ttft_slo_ms, tpot_ms: tpot_slo_ms, priority: 0 };
-    slo.validate()?;
-    let workload = Workload {
+    let mut workload = Workload {
         requests: args.requests,
-        rate_per_s: rate,
+        rate_per_s: 0.0,
         prompt_min: args.prompt_min,
         prompt_max: args.prompt_max,
         output_min: args.output_min,
@@ -192,6 +218,24 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
         vocab_size: s.cfg.vocab_size as u32,
         seed: args.seed,
     };
+    let mean_prompt = workload.mean_prompt() as usize;
+    let mean_out = workload.mean_output();
+    let serial_s = mean_prefill + mean_out * cost.decode_s(1, mean_prompt, layers_f);
+    let rate = args.rate.unwrap_or(args.load / serial_s);
+    workload.rate_per_s = rate;
+    let ttft_slo_ms = args
+        .ttft_slo_ms
+        .unwrap_or(4e3 * cost.prefill_s(args.prompt_max, 0, layers_f));
+    let tpot_slo_ms = args
+        .tpot_slo_ms
+        .unwrap_or(1e3 * cost.prefill_s(mean_prompt, 0, layers_f) / mean_out);
+    let slo = SloClass {
+        name: "bench".into(),
+        ttft_ms: ttft_slo_ms,
+        tpot_ms: tpot_slo_ms,
+        priority: 0,
+    };
+    slo.validate()?;
     println!(
         "workload: {} requests, Poisson {rate:.3} req/s, prompts {}–{} tokens, outputs {}–{}; \
          SLO: TTFT ≤ {ttft_slo_ms:.0} ms, TPOT ≤ {tpot_slo_ms:.1} ms",
@@ -202,7 +246,11 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     for &mode in &args.modes {
         let staging_blocks = if mode == Mode::Layerwise { staging } else { 0 };
-        let pools = PoolSizes { gpu_blocks: budget - staging_blocks, host_blocks, staging_blocks };
+        let pools = PoolSizes {
+            gpu_blocks: budget - staging_blocks,
+            host_blocks,
+            staging_blocks,
+        };
         let sched = SchedulerConfig {
             mode,
             staging_blocks,
@@ -232,12 +280,18 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
             bar.set_message(format!("engine time {:.1}s", now.as_secs_f64()));
         })?;
         bar.finish_and_clear();
-        let report = ModeReport::new(mode.name(), &records, started.elapsed().as_secs_f64());
+        let report = ModeReport::new(
+            mode.name(),
+            &records,
+            started.elapsed().as_secs_f64(),
+            engine.scheduler().admission_stops(),
+        );
         println!(
-            "{:>10}: done in {:.1}s wall, {:.1}s engine time",
+            "{:>10}: done in {:.1}s wall, {:.1}s engine time; admission stopped by {:?}",
             mode.name(),
             report.wall_s,
-            report.makespan_s
+            report.makespan_s,
+            report.admission_stops
         );
         reports.push(report);
     }
@@ -254,32 +308,52 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
             block_bytes: s.layout.block_bytes(),
             cost_profile: &cost,
         };
-        std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }
     Ok(())
 }
 
 /// The cost profile: a file, a calibration of the cpu executor, or the H200 roofline.
-fn profile(args: &EngineArgs, s: &Setup, gpu_blocks: usize, host_blocks: usize) -> anyhow::Result<CostProfile> {
+fn profile(args: &EngineArgs, s: &Setup) -> anyhow::Result<CostProfile> {
     if let Some(path) = &args.profile {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        return toml::from_str(&text).with_context(|| format!("parsing cost profile {}", path.display()));
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        return toml::from_str(&text)
+            .with_context(|| format!("parsing cost profile {}", path.display()));
     }
     if args.executor == ExecKind::Sim {
-        println!("cost profile: analytic H200 roofline for {} (no --profile given)", args.model);
+        println!(
+            "cost profile: analytic H200 roofline for {} (no --profile given)",
+            args.model
+        );
         return Ok(roofline::profile(&s.cfg, &roofline::H200, 2));
     }
-    let pools = PoolSizes { gpu_blocks, host_blocks: host_blocks.min(8192), staging_blocks: 0 };
-    let mut exec = executor(s, ExecKind::Cpu, pools, &CostProfile::default(), args.seed)?;
     let plan = CalibrationPlan::for_prompts(args.prompt_max);
+    let pools = PoolSizes {
+        gpu_blocks: plan.gpu_blocks_needed(&s.layout),
+        host_blocks: plan.host_blocks_needed(),
+        staging_blocks: 0,
+    };
+    let mut exec = executor(s, ExecKind::Cpu, pools, &CostProfile::default(), args.seed)?;
     let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template("calibrating [{bar:30}] {pos}/{len} points").context("progress template")?);
+    bar.set_style(
+        ProgressStyle::with_template("calibrating [{bar:30}] {pos}/{len} points")
+            .context("progress template")?,
+    );
     let started = Instant::now();
-    let (cost, _) = calibrate(&mut *exec, s.layout, gpu_blocks, pools.host_blocks, &plan, |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
+    let (cost, _) = calibrate(
+        &mut *exec,
+        s.layout,
+        pools.gpu_blocks,
+        pools.host_blocks,
+        &plan,
+        |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
     bar.finish_and_clear();
     println!(
         "cost profile fitted on this machine in {:.1}s: prefill {:.0} ms at {} tokens, decode step {:.2} ms at batch 8, copies {:.2} GB/s",
@@ -295,7 +369,16 @@ fn profile(args: &EngineArgs, s: &Setup, gpu_blocks: usize, host_blocks: usize) 
 fn print_table(reports: &[ModeReport]) {
     println!(
         "\n{:<10} {:>11} {:>11} {:>7} {:>10} {:>10} {:>9} {:>6} {:>6} {:>6}",
-        "mode", "TTFT p50", "TTFT p99", "queue", "TPOT p50", "TPOT p99", "tok/s", "SLO", "TTFT✓", "TPOT✓"
+        "mode",
+        "TTFT p50",
+        "TTFT p99",
+        "queue",
+        "TPOT p50",
+        "TPOT p99",
+        "tok/s",
+        "SLO",
+        "TTFT✓",
+        "TPOT✓"
     );
     for r in reports {
         println!(

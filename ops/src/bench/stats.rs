@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 use strata_node::engine::replay::RequestRecord;
+use strata_node::sched::AdmissionStops;
 
 /// Nearest-rank percentile of `v` (sorted in place); 0 for an empty set.
 pub fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -51,18 +52,32 @@ pub struct ModeReport {
     pub makespan_s: f64,
     /// Seconds of wall time the run took.
     pub wall_s: f64,
+    /// Steps in which admission stopped, by reason.
+    pub admission_stops: AdmissionStops,
 }
 
 impl ModeReport {
-    pub fn new(mode: &str, records: &[RequestRecord], wall_s: f64) -> Self {
-        let done: Vec<&RequestRecord> = records.iter().filter(|r| r.finished.is_some() && r.first_token.is_some()).collect();
+    pub fn new(
+        mode: &str,
+        records: &[RequestRecord],
+        wall_s: f64,
+        admission_stops: AdmissionStops,
+    ) -> Self {
+        let done: Vec<&RequestRecord> = records
+            .iter()
+            .filter(|r| r.finished.is_some() && r.first_token.is_some())
+            .collect();
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         let ttft: Vec<f64> = done.iter().filter_map(|r| r.ttft()).map(ms).collect();
         let tpot: Vec<f64> = done.iter().filter_map(|r| r.tpot()).map(ms).collect();
         let queued: f64 = done.iter().filter_map(|r| r.queued()).map(ms).sum();
         let ttft_sum: f64 = ttft.iter().sum();
         let start = records.iter().map(|r| r.arrival).min().unwrap_or_default();
-        let end = done.iter().filter_map(|r| r.finished).max().unwrap_or_default();
+        let end = done
+            .iter()
+            .filter_map(|r| r.finished)
+            .max()
+            .unwrap_or_default();
         let makespan_s = end.saturating_sub(start).as_secs_f64();
         let tokens: usize = done.iter().map(|r| r.tokens.len()).sum();
         let n = records.len().max(1) as f64;
@@ -70,18 +85,36 @@ impl ModeReport {
         ModeReport {
             mode: mode.to_string(),
             ttft_ms: Quantiles::of(ttft),
-            queue_share: if ttft_sum > 0.0 { queued / ttft_sum } else { 0.0 },
+            queue_share: if ttft_sum > 0.0 {
+                queued / ttft_sum
+            } else {
+                0.0
+            },
             tpot_ms: Quantiles::of(tpot),
-            throughput_tok_s: if makespan_s > 0.0 { tokens as f64 / makespan_s } else { 0.0 },
+            throughput_tok_s: if makespan_s > 0.0 {
+                tokens as f64 / makespan_s
+            } else {
+                0.0
+            },
             slo_attainment: frac(done.iter().filter(|r| r.met_slo()).count()),
-            ttft_attainment: frac(done.iter().filter(|r| r.ttft().is_some_and(|t| ms(t) <= r.slo.ttft_ms)).count()),
-            tpot_attainment: frac(done.iter().filter(|r| r.tpot().is_none_or(|t| ms(t) <= r.slo.tpot_ms)).count()),
+            ttft_attainment: frac(
+                done.iter()
+                    .filter(|r| r.ttft().is_some_and(|t| ms(t) <= r.slo.ttft_ms))
+                    .count(),
+            ),
+            tpot_attainment: frac(
+                done.iter()
+                    .filter(|r| r.tpot().is_none_or(|t| ms(t) <= r.slo.tpot_ms))
+                    .count(),
+            ),
             completed: done.len(),
             rejected: records.iter().filter(|r| r.rejected.is_some()).count(),
             requests: records.len(),
-            offloaded_layers_mean: done.iter().map(|r| r.offloaded_layers as f64).sum::<f64>() / done.len().max(1) as f64,
+            offloaded_layers_mean: done.iter().map(|r| r.offloaded_layers as f64).sum::<f64>()
+                / done.len().max(1) as f64,
             makespan_s,
             wall_s,
+            admission_stops,
         }
     }
 }

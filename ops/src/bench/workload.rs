@@ -30,7 +30,9 @@ impl Workload {
                 t += rng.exponential(self.rate_per_s);
                 let prompt_len = rng.range(self.prompt_min as u64, self.prompt_max as u64);
                 let out = rng.range(self.output_min as u64, self.output_max as u64);
-                let prompt = (0..prompt_len).map(|_| 3 + (rng.next_u64() % span) as u32).collect();
+                let prompt = (0..prompt_len)
+                    .map(|_| 3 + (rng.next_u64() % span) as u32)
+                    .collect();
                 let mut r = Request::new(RequestId(i), prompt, out as usize);
                 r.arrival = Duration::from_secs_f64(t);
                 r.slo = slo.clone();
@@ -68,7 +70,11 @@ mod tests {
         assert_eq!(a, w.generate(&SloClass::default()));
         assert!(a.iter().all(|r| (10..=20).contains(&r.prompt.len())));
         assert!(a.iter().all(|r| (1..=3).contains(&r.max_tokens)));
-        assert!(a.iter().flat_map(|r| &r.prompt).all(|&t| (3..100).contains(&t)));
+        assert!(
+            a.iter()
+                .flat_map(|r| &r.prompt)
+                .all(|&t| (3..100).contains(&t))
+        );
         // Mean inter-arrival near 1/rate.
         let span = a.last().unwrap().arrival.as_secs_f64();
         assert!((span / 200.0 - 0.25).abs() < 0.06, "{span}");

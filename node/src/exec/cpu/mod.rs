@@ -43,10 +43,12 @@ impl std::fmt::Debug for CpuExecutor {
     }
 }
 
-/// A model or layout the executor cannot run. `ExecError` has no variant for configuration, so
-/// this is reported as a device error that names the cause.
-fn unusable(msg: String) -> ExecError {
-    ExecError::Device(format!("cpu executor cannot run this model: {msg}"))
+/// A model or layout the executor cannot run.
+fn unusable(reason: String) -> ExecError {
+    ExecError::Config {
+        executor: "cpu",
+        reason,
+    }
 }
 
 impl CpuExecutor {
