@@ -129,6 +129,11 @@ impl BlockManager {
         p.free_count() + p.cached_count()
     }
 
+    /// Copies decided and not yet drained.
+    pub fn pending_copies(&self) -> usize {
+        self.copies.len()
+    }
+
     /// Drains the copies decided since the last call, in the order they must run.
     pub fn poll_copies(&mut self) -> Vec<CopyOp> {
         std::mem::take(&mut self.copies)

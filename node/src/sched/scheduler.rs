@@ -341,9 +341,17 @@ impl Scheduler {
             growing.push(s);
         }
 
-        // Pass 2: offloaded layers — stream, reload, or wait.
-        let sum_ctx: usize = growing.iter().map(|&s| kv.seq_tokens(s) + 1).sum();
-        let decode_layer_s = self.cost.decode_layer_s(growing.len(), sum_ctx);
+        // Pass 2: offloaded layers — stream, reload, or wait. Streams must hide under the
+        // compute of the sequences that decode from the GPU.
+        let (mut decoding, offloaded): (Vec<SeqId>, Vec<SeqId>) = growing
+            .iter()
+            .partition(|&&s| kv.offloaded_layers(s).is_empty());
+        let ctx_of = |kv: &BlockManager, seqs: &[SeqId]| -> usize {
+            seqs.iter().map(|&s| kv.seq_tokens(s) + 1).sum()
+        };
+        let decode_layer_s = self
+            .cost
+            .decode_layer_s(decoding.len(), ctx_of(kv, &decoding));
         // Staged prefills have first claim on staging: streams may only use what the head of
         // the queue would leave.
         let prefill_reserve = self
@@ -353,15 +361,10 @@ impl Scheduler {
         let stream_limit = self.cfg.staging_blocks.saturating_sub(prefill_reserve);
         let mut staging_used = vec![0usize; layers];
         let mut stream_bytes = vec![0u64; layers];
-        let mut decoding = Vec::new();
         let mut parked_need = 0usize;
         let mut gathering = false;
-        for &s in &growing {
+        for s in offloaded {
             let off = kv.offloaded_layers(s);
-            if off.is_empty() {
-                decoding.push(s);
-                continue;
-            }
             let blocks = self.layout.blocks_for(kv.seq_tokens(s) + 1);
             let bytes = self.layer_bytes(blocks);
             let can_stream = self.cfg.mode == Mode::Layerwise
@@ -390,7 +393,15 @@ impl Scheduler {
             }
             gathering |= kv.available(Tier::Gpu) < need;
             for &l in &off {
-                if kv.available(Tier::Gpu) < kv.blocks_off(s, l, Tier::Gpu)
+                // Layer-wise reloads move only what hides under this step's compute (at least
+                // one layer a step, so the sequence progresses); the rest follows next step.
+                let moved = kv.pending_copies() as u64 * self.layout.block_bytes();
+                let over_budget = self.cfg.mode == Mode::Layerwise
+                    && moved > 0
+                    && self.cost.transfer_s(moved + self.layer_bytes(blocks))
+                        > decode_layer_s * layers as f64;
+                if over_budget
+                    || kv.available(Tier::Gpu) < kv.blocks_off(s, l, Tier::Gpu)
                     || kv.move_layer(s, l, Tier::Gpu).is_err()
                 {
                     break;
@@ -406,7 +417,9 @@ impl Scheduler {
 
         // Pass 3: admission.
         let mut prefills: Vec<(SeqId, usize, Vec<bool>)> = Vec::new();
-        let decode_step_s = self.cost.decode_s(decoding.len(), sum_ctx, layers);
+        let decode_step_s = self
+            .cost
+            .decode_s(decoding.len(), ctx_of(kv, &decoding), layers);
         let mut step_s = decode_step_s;
         let mut prefill_tokens = 0usize;
         while let Some(&s) = self.waiting.first() {

@@ -1,6 +1,6 @@
 //! `strata bench engine`: baseline vs layer-wise on one long-context workload, in-process.
 
-use super::stats::ModeReport;
+use super::stats::{ModeReport, StepTotals};
 use super::workload::Workload;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -270,7 +270,9 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
         bar.set_prefix(mode.name());
         let started = Instant::now();
         let mut done = 0u64;
+        let mut totals = StepTotals::default();
         let records = replay(&mut engine, requests.clone(), 50_000_000, |now, rep| {
+            totals.add(rep);
             done += rep
                 .events
                 .iter()
@@ -284,13 +286,18 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
             mode.name(),
             &records,
             started.elapsed().as_secs_f64(),
+            &totals,
             engine.scheduler().admission_stops(),
         );
         println!(
-            "{:>10}: done in {:.1}s wall, {:.1}s engine time; admission stopped by {:?}",
+            "{:>10}: done in {:.1}s wall, {:.1}s engine time, {} steps, mean decode batch {:.1}, \
+             {:.1} GB across tiers; admission stopped by {:?}",
             mode.name(),
             report.wall_s,
             report.makespan_s,
+            report.steps,
+            report.mean_decode_batch,
+            report.transfer_gb,
             report.admission_stops
         );
         reports.push(report);

@@ -29,6 +29,28 @@ impl Quantiles {
     }
 }
 
+/// Totals over the steps of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTotals {
+    pub steps: u64,
+    pub decode_steps: u64,
+    pub decodes: u64,
+    pub transfer_bytes: u64,
+}
+
+impl StepTotals {
+    pub fn add(&mut self, r: &strata_node::engine::StepReport) {
+        if r.prefills + r.decodes > 0 || r.copies > 0 {
+            self.steps += 1;
+        }
+        if r.decodes > 0 {
+            self.decode_steps += 1;
+            self.decodes += r.decodes as u64;
+        }
+        self.transfer_bytes += r.transfer_bytes;
+    }
+}
+
 /// One mode's results. Field names are the bench's JSON contract.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModeReport {
@@ -52,6 +74,12 @@ pub struct ModeReport {
     pub makespan_s: f64,
     /// Seconds of wall time the run took.
     pub wall_s: f64,
+    /// Engine steps that ran work.
+    pub steps: u64,
+    /// Mean sequences decoding per step that decoded.
+    pub mean_decode_batch: f64,
+    /// Bytes that crossed tiers (offload, reload, demotion, staging), GB.
+    pub transfer_gb: f64,
     /// Steps in which admission stopped, by reason.
     pub admission_stops: AdmissionStops,
 }
@@ -61,6 +89,7 @@ impl ModeReport {
         mode: &str,
         records: &[RequestRecord],
         wall_s: f64,
+        steps: &StepTotals,
         admission_stops: AdmissionStops,
     ) -> Self {
         let done: Vec<&RequestRecord> = records
@@ -114,6 +143,9 @@ impl ModeReport {
                 / done.len().max(1) as f64,
             makespan_s,
             wall_s,
+            steps: steps.steps,
+            mean_decode_batch: steps.decodes as f64 / steps.decode_steps.max(1) as f64,
+            transfer_gb: steps.transfer_bytes as f64 / 1e9,
             admission_stops,
         }
     }
