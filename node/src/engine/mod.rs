@@ -42,6 +42,8 @@ pub struct StepReport {
     pub elapsed: Duration,
     pub prefills: usize,
     pub decodes: usize,
+    /// Decodes that read some layer through staging (streamed from the host).
+    pub streamed_decodes: usize,
     pub copies: usize,
     pub transfer_bytes: u64,
     /// Prefix-cache changes of this step, per tier (what a node publishes to routers).
@@ -63,6 +65,10 @@ impl Engine {
         exec: Box<dyn Executor>,
     ) -> Result<Self, EngineError> {
         cfg.sched.validate()?;
+        let stream = cfg
+            .sched
+            .stream_decode
+            .enabled(exec.copies_overlap_compute());
         if cfg.sched.staging_blocks != cfg.pools.staging_blocks {
             return Err(EngineError::Staging {
                 sched: cfg.sched.staging_blocks,
@@ -79,7 +85,8 @@ impl Engine {
                 layout,
                 cfg.pools.gpu_blocks,
                 cfg.pools.host_blocks,
-            ),
+            )
+            .with_streaming(stream),
             kv: BlockManager::new(layout, cfg.pools.gpu_blocks, cfg.pools.host_blocks),
             exec,
         })
@@ -126,6 +133,13 @@ impl Engine {
             ..StepReport::default()
         };
         report.decodes = plan.items.len() - report.prefills;
+        report.streamed_decodes = plan
+            .items
+            .iter()
+            .filter(|i| {
+                i.kind == crate::sched::WorkKind::Decode && i.layers.iter().any(|l| l.staged)
+            })
+            .count();
         if plan.is_empty() {
             report.events = self.sched.poll_events();
             return report;

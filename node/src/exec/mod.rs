@@ -54,6 +54,10 @@ pub trait Executor: Send {
     /// `cpu`, `sim`, `cuda`.
     fn name(&self) -> &'static str;
 
+    /// Whether tier copies run beside compute (copy engines) rather than before it. Streaming
+    /// offloaded layers through staging during decode only pays when they do.
+    fn copies_overlap_compute(&self) -> bool;
+
     /// Runs one step.
     fn execute(&mut self, plan: &StepPlan) -> Result<StepOutput, ExecError>;
 }

@@ -36,6 +36,10 @@ impl Executor for SimExecutor {
         "sim"
     }
 
+    fn copies_overlap_compute(&self) -> bool {
+        true
+    }
+
     fn execute(&mut self, plan: &StepPlan) -> Result<StepOutput, ExecError> {
         let layers = self.layout.layers;
         let block_bytes = self.layout.block_bytes();

@@ -56,6 +56,32 @@ pub struct SchedulerConfig {
     pub staging_blocks: usize,
     /// Longest sequence (prompt + output) the model takes.
     pub max_seq_tokens: usize,
+    /// When sequences with offloaded layers may decode by streaming those layers through
+    /// staging (if the cost model says the transfer hides under compute).
+    pub stream_decode: StreamDecode,
+}
+
+/// When offloaded layers may stream through staging during decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamDecode {
+    /// When the executor's copies overlap its compute (copy engines); otherwise reload.
+    Auto,
+    /// Whenever the cost model allows, whatever the executor.
+    Always,
+    /// Never: offloaded layers are reloaded before the sequence decodes.
+    Never,
+}
+
+impl StreamDecode {
+    /// Whether streaming is on for an executor whose copies do (`true`) or do not overlap
+    /// compute.
+    pub fn enabled(self, copies_overlap_compute: bool) -> bool {
+        match self {
+            StreamDecode::Auto => copies_overlap_compute,
+            StreamDecode::Always => true,
+            StreamDecode::Never => false,
+        }
+    }
 }
 
 impl Default for SchedulerConfig {
@@ -68,6 +94,7 @@ impl Default for SchedulerConfig {
             watermark_blocks: 0,
             staging_blocks: 0,
             max_seq_tokens: 32_768,
+            stream_decode: StreamDecode::Auto,
         }
     }
 }

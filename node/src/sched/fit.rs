@@ -78,8 +78,8 @@ fn nnls<const K: usize>(rows: &[[f64; K]], y: &[f64]) -> [f64; K] {
                 m[i][n] += ai * yv;
             }
         }
-        for i in 0..n {
-            m[i][i] += 1e-12;
+        for (i, row) in m.iter_mut().enumerate() {
+            row[i] += 1e-12;
         }
         // Gaussian elimination with partial pivoting.
         for c in 0..n {
@@ -91,11 +91,12 @@ fn nnls<const K: usize>(rows: &[[f64; K]], y: &[f64]) -> [f64; K] {
             if d.abs() < 1e-300 {
                 continue;
             }
-            for r in 0..n {
+            let pivot = m[c].clone();
+            for (r, row) in m.iter_mut().enumerate() {
                 if r != c {
-                    let f = m[r][c] / d;
-                    for k in c..=n {
-                        m[r][k] -= f * m[c][k];
+                    let f = row[c] / d;
+                    for (x, p) in row.iter_mut().zip(&pivot).skip(c) {
+                        *x -= f * p;
                     }
                 }
             }

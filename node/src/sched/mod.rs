@@ -18,7 +18,7 @@ pub mod residency;
 pub mod roofline;
 pub mod scheduler;
 
-pub use config::{Mode, SchedulerConfig};
+pub use config::{Mode, SchedulerConfig, StreamDecode};
 pub use event::Event;
 pub use plan::{CopyOp, LayerKv, Sampling, SeqId, StepPlan, WorkItem, WorkKind};
 pub use request::{FinishReason, Request, SubmitError};

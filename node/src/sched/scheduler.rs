@@ -47,6 +47,9 @@ pub struct AdmissionStops {
     pub offload_time: usize,
     /// A running decode would miss its TPOT SLO.
     pub tpot: usize,
+    /// Admitted now, the request would wait for its layers past its own TPOT SLO, while
+    /// waiting in the queue still meets its TTFT SLO.
+    pub own_tpot: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +72,12 @@ pub struct Scheduler {
     /// Σ worst-case footprints (every layer, prompt + max_tokens) of the running sequences.
     committed_blocks: usize,
     stops: AdmissionStops,
+    /// Offloaded layers may stream during decode (policy resolved against the executor).
+    stream: bool,
+    /// When the last planned step started.
+    planned_at: Duration,
+    /// Observed seconds per decode step (EWMA), prefills interleaved included.
+    token_interval_s: Option<f64>,
     /// Waiting requests in admission order.
     waiting: Vec<SeqId>,
     /// Admitted sequences in priority order.
@@ -86,6 +95,7 @@ impl Scheduler {
         host_capacity: usize,
     ) -> Self {
         Scheduler {
+            stream: cfg.stream_decode.enabled(true),
             cfg,
             cost,
             layout,
@@ -93,11 +103,20 @@ impl Scheduler {
             host_capacity,
             committed_blocks: 0,
             stops: AdmissionStops::default(),
+            planned_at: Duration::ZERO,
+            token_interval_s: None,
             waiting: Vec::new(),
             running: Vec::new(),
             seqs: HashMap::new(),
             events: Vec::new(),
         }
+    }
+
+    /// Sets whether offloaded layers may stream during decode (the engine resolves
+    /// [`StreamDecode`](super::config::StreamDecode) against its executor).
+    pub fn with_streaming(mut self, stream: bool) -> Self {
+        self.stream = stream;
+        self
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -286,6 +305,7 @@ impl Scheduler {
 
     /// Plans the next step. Blocks are allocated and moves recorded in `kv` as it decides.
     pub fn poll_plan(&mut self, kv: &mut BlockManager, now: Duration) -> StepPlan {
+        self.planned_at = now;
         let layers = self.layout.layers;
         let mut keys: Vec<_> = self
             .running
@@ -368,6 +388,7 @@ impl Scheduler {
             let blocks = self.layout.blocks_for(kv.seq_tokens(s) + 1);
             let bytes = self.layer_bytes(blocks);
             let can_stream = self.cfg.mode == Mode::Layerwise
+                && self.stream
                 && off.iter().all(|&l| {
                     staging_used[l] + blocks <= stream_limit
                         && self.cost.transfer_s(stream_bytes[l] + bytes) <= decode_layer_s
@@ -391,7 +412,26 @@ impl Scheduler {
                 parked_need += need;
                 continue;
             }
-            gathering |= kv.available(Tier::Gpu) < need;
+            if kv.available(Tier::Gpu) < need {
+                gathering = true;
+                // The gathering sequence takes GPU layers from lower-priority sequences that
+                // are not decoding this step; otherwise many half-resident sequences could
+                // hold the GPU with none able to come back whole.
+                let victims: Vec<SeqId> = self
+                    .running
+                    .iter()
+                    .rev()
+                    .copied()
+                    .take_while(|&v| v != s)
+                    .filter(|v| !decoding.contains(v))
+                    .collect();
+                for v in victims {
+                    if kv.available(Tier::Gpu) >= need {
+                        break;
+                    }
+                    self.swap_out(kv, v, need);
+                }
+            }
             for &l in &off {
                 // Layer-wise reloads move only what hides under this step's compute (at least
                 // one layer a step, so the sequence progresses); the rest follows next step.
@@ -417,9 +457,12 @@ impl Scheduler {
 
         // Pass 3: admission.
         let mut prefills: Vec<(SeqId, usize, Vec<bool>)> = Vec::new();
+        // What a running sequence waits per token: the modelled decode step, or what steps have
+        // been taking when prefills interleave with decodes.
         let decode_step_s = self
             .cost
-            .decode_s(decoding.len(), ctx_of(kv, &decoding), layers);
+            .decode_s(decoding.len(), ctx_of(kv, &decoding), layers)
+            .max(self.token_interval_s.unwrap_or(0.0));
         let mut step_s = decode_step_s;
         let mut prefill_tokens = 0usize;
         while let Some(&s) = self.waiting.first() {
@@ -431,7 +474,6 @@ impl Scheduler {
                 kv,
                 s,
                 now,
-                &decoding,
                 parked_need,
                 &mut staging_used,
                 &mut step_s,
@@ -527,7 +569,6 @@ impl Scheduler {
         kv: &BlockManager,
         s: SeqId,
         now: Duration,
-        decoding: &[SeqId],
         parked_need: usize,
         staging_used: &mut [usize],
         step_s: &mut f64,
@@ -595,8 +636,12 @@ impl Scheduler {
                         self.stops.host += 1;
                         return None;
                     }
+                    if self.better_to_wait(kv, &req, now, free, prefill_s, decode_step_s) {
+                        self.stops.own_tpot += 1;
+                        return None;
+                    }
                 }
-                if !self.decodes_keep_tpot(decoding, now, *step_s + prefill_s, decode_step_s) {
+                if !self.decodes_keep_tpot(now, *step_s + prefill_s, decode_step_s) {
                     self.stops.tpot += 1;
                     return None;
                 }
@@ -611,15 +656,65 @@ impl Scheduler {
         Some(mask)
     }
 
-    /// `true` when no decoding sequence newly misses its TPOT SLO if this step takes `step_s`.
-    fn decodes_keep_tpot(
+    /// Seconds until `need` GPU blocks could be had, beyond `free` ones, as running sequences
+    /// finish in order of their remaining tokens (each decode step taking `decode_step_s`).
+    fn wait_for_blocks_s(
         &self,
-        decoding: &[SeqId],
+        kv: &BlockManager,
+        need: usize,
+        free: usize,
+        decode_step_s: f64,
+    ) -> f64 {
+        if free >= need {
+            return 0.0;
+        }
+        let mut releases: Vec<(usize, usize)> = self
+            .running
+            .iter()
+            .map(|r| {
+                let seq = &self.seqs[r];
+                let held: usize = (0..self.layout.layers)
+                    .map(|l| kv.table(*r, l).len() - kv.blocks_off(*r, l, Tier::Gpu))
+                    .sum();
+                (seq.req.max_tokens.saturating_sub(seq.output.len()), held)
+            })
+            .collect();
+        releases.sort_unstable();
+        let mut have = free;
+        for (remaining, held) in releases {
+            have += held;
+            if have >= need {
+                return remaining as f64 * decode_step_s;
+            }
+        }
+        f64::INFINITY
+    }
+
+    /// `true` when admitting `req` now would leave it waiting for its layers past its own TPOT
+    /// SLO, while waiting in the queue for GPU room would still meet its TTFT SLO. Moving queuing
+    /// from before the first token to after it only pays while the TPOT budget has slack.
+    fn better_to_wait(
+        &self,
+        kv: &BlockManager,
+        req: &Request,
         now: Duration,
-        step_s: f64,
+        free: usize,
+        prefill_s: f64,
         decode_step_s: f64,
     ) -> bool {
-        decoding.iter().all(|d| {
+        let need = self.footprint(req);
+        let wait_s = self.wait_for_blocks_s(kv, need, free, decode_step_s);
+        let out = req.max_tokens as f64;
+        let tpot_if_admitted = (wait_s + out * decode_step_s) / (out - 1.0).max(1.0);
+        let ttft_if_waiting = now.saturating_sub(req.arrival).as_secs_f64() + wait_s + prefill_s;
+        tpot_if_admitted * 1e3 > req.slo.tpot_ms && ttft_if_waiting * 1e3 <= req.slo.ttft_ms
+    }
+
+    /// `true` when no running sequence newly misses its TPOT SLO if this step takes `step_s`.
+    fn decodes_keep_tpot(&self, now: Duration, step_s: f64, decode_step_s: f64) -> bool {
+        // Every running sequence past its first token counts, whether it decodes this step or
+        // waits for its layers: a longer step delays both.
+        self.running.iter().all(|d| {
             let seq = &self.seqs[d];
             let Some(first) = seq.first_token_at else {
                 return true;
@@ -677,6 +772,13 @@ impl Scheduler {
         kv: &mut BlockManager,
         end: Duration,
     ) -> Vec<Event> {
+        if plan.items.iter().any(|i| i.kind == WorkKind::Decode) {
+            let dt = end.saturating_sub(self.planned_at).as_secs_f64();
+            self.token_interval_s = Some(match self.token_interval_s {
+                Some(avg) => 0.9 * avg + 0.1 * dt,
+                None => dt,
+            });
+        }
         let mut logits: HashMap<SeqId, &Vec<f32>> =
             out.logits.iter().map(|(s, l)| (*s, l)).collect();
         for (item, &(seq_id, token)) in plan.items.iter().zip(&out.tokens) {

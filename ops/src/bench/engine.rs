@@ -37,14 +37,14 @@ pub struct EngineArgs {
     #[arg(long, default_value = "tiny")]
     model: String,
     /// Requests in the workload (each mode runs the same ones).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 60)]
     requests: usize,
     /// Arrival rate in requests per second of engine time. Default: `--load` times the rate a
     /// single-request-at-a-time server would sustain, from the cost profile.
     #[arg(long)]
     rate: Option<f64>,
     /// Offered load relative to serial service, used when `--rate` is not given.
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.8)]
     load: f64,
     /// Shortest prompt, tokens.
     #[arg(long, default_value_t = 1024)]
@@ -60,7 +60,7 @@ pub struct EngineArgs {
     output_max: usize,
     /// GPU-tier budget, as a number of full KV footprints of the longest request
     /// (prompt-max + output-max over all layers). Layer-wise mode pays its staging area from it.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 1.5)]
     gpu_budget: f64,
     /// Host-tier capacity, GiB (allocated lazily on `cpu`; capped at what the workload can use).
     #[arg(long, default_value_t = 64.0)]
@@ -68,10 +68,10 @@ pub struct EngineArgs {
     /// Tokens per KV block.
     #[arg(long, default_value_t = 16)]
     block_tokens: usize,
-    /// TTFT target, ms. Default: 4× the prefill time of the longest prompt.
+    /// TTFT target, ms. Default: 5× the isolated prefill time of the longest prompt.
     #[arg(long)]
     ttft_slo_ms: Option<f64>,
-    /// TPOT target, ms. Default: the prefill time of a mean prompt spread over a mean output.
+    /// TPOT target, ms. Default: 10× the isolated decode step of one longest sequence.
     #[arg(long)]
     tpot_slo_ms: Option<f64>,
     /// Cost profile (TOML) for the scheduler and, with `sim`, for step times. Default: fitted
@@ -225,10 +225,10 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
     workload.rate_per_s = rate;
     let ttft_slo_ms = args
         .ttft_slo_ms
-        .unwrap_or(4e3 * cost.prefill_s(args.prompt_max, 0, layers_f));
+        .unwrap_or(5e3 * cost.prefill_s(args.prompt_max, 0, layers_f));
     let tpot_slo_ms = args
         .tpot_slo_ms
-        .unwrap_or(1e3 * cost.prefill_s(mean_prompt, 0, layers_f) / mean_out);
+        .unwrap_or(10e3 * cost.decode_s(1, max_seq, layers_f));
     let slo = SloClass {
         name: "bench".into(),
         ttft_ms: ttft_slo_ms,

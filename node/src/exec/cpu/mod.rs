@@ -100,6 +100,11 @@ impl Executor for CpuExecutor {
         "cpu"
     }
 
+    /// The cpu executor copies before it computes: nothing overlaps.
+    fn copies_overlap_compute(&self) -> bool {
+        false
+    }
+
     fn execute(&mut self, plan: &StepPlan) -> Result<StepOutput, ExecError> {
         let started = Instant::now();
         validate::validate(plan, &self.limits)?;
