@@ -5,7 +5,7 @@
 //! - [`plan`] — `StepPlan`: the copies and work items of one step (the executor's contract).
 //! - [`event`] — what happened to sequences: admitted, token, finished.
 //! - [`residency`] — which layers of a prefill stay resident.
-//! - [`scheduler`] — the [`Scheduler`] itself.
+//! - [`scheduler`] — the [`Scheduler`] itself; its admission checks in `scheduler::admission`.
 //! - [`fit`] — fitting a `CostProfile` from measured step times.
 //! - [`roofline`] — an analytic `CostProfile` from a shape and measured machine ceilings.
 

@@ -39,12 +39,15 @@ pub struct EngineArgs {
     /// Requests in the workload (each mode runs the same ones).
     #[arg(long, default_value_t = 60)]
     requests: usize,
-    /// Arrival rate in requests per second of engine time. Default: `--load` times the rate a
-    /// single-request-at-a-time server would sustain, from the cost profile.
+    /// Arrival rate in requests per second of engine time. Default: `--load` times the
+    /// estimated capacity (see `--load`).
     #[arg(long)]
     rate: Option<f64>,
-    /// Offered load relative to serial service, used when `--rate` is not given.
-    #[arg(long, default_value_t = 0.8)]
+    /// Offered load as a fraction of the estimated capacity, used when `--rate` is not given.
+    /// Capacity is the lower of what compute sustains (prefills plus batched decodes) and what
+    /// the GPU budget sustains (the sequences it holds at once over how long each holds them),
+    /// both from the cost profile. Near 1, baseline queues mostly for KV blocks.
+    #[arg(long, default_value_t = 0.9)]
     load: f64,
     /// Shortest prompt, tokens.
     #[arg(long, default_value_t = 1024)]
@@ -220,8 +223,15 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
     };
     let mean_prompt = workload.mean_prompt() as usize;
     let mean_out = workload.mean_output();
-    let serial_s = mean_prefill + mean_out * cost.decode_s(1, mean_prompt, layers_f);
-    let rate = args.rate.unwrap_or(args.load / serial_s);
+    let capacity = capacity_per_s(
+        &cost,
+        &s.layout,
+        budget,
+        mean_prefill,
+        mean_prompt,
+        mean_out,
+    );
+    let rate = args.rate.unwrap_or(args.load * capacity);
     workload.rate_per_s = rate;
     let ttft_slo_ms = args
         .ttft_slo_ms
@@ -236,6 +246,7 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
         priority: 0,
     };
     slo.validate()?;
+    println!("estimated capacity: {capacity:.3} req/s");
     println!(
         "workload: {} requests, Poisson {rate:.3} req/s, prompts {}–{} tokens, outputs {}–{}; \
          SLO: TTFT ≤ {ttft_slo_ms:.0} ms, TPOT ≤ {tpot_slo_ms:.1} ms",
@@ -320,6 +331,28 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Requests per second the engine could sustain: the lower of the compute bound (a mean
+/// prefill plus a mean output's share of batched decode steps) and the memory bound (sequences
+/// the GPU budget holds at once over how long each holds its blocks).
+fn capacity_per_s(
+    cost: &CostProfile,
+    layout: &KvLayout,
+    budget_blocks: usize,
+    mean_prefill_s: f64,
+    mean_prompt: usize,
+    mean_out: f64,
+) -> f64 {
+    let layers = layout.layers;
+    let footprint = layers * layout.blocks_for(mean_prompt + mean_out as usize);
+    let slots = (budget_blocks as f64 / footprint as f64).max(1.0);
+    let batch = slots.round() as usize;
+    let step_s = cost.decode_s(batch, batch * (mean_prompt + mean_out as usize / 2), layers);
+    let hold_s = mean_prefill_s + mean_out * step_s;
+    let memory = slots / hold_s;
+    let compute = 1.0 / (mean_prefill_s + mean_out * step_s / slots);
+    memory.min(compute)
 }
 
 /// The cost profile: a file, a calibration of the cpu executor, or the H200 roofline.
