@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 /// Strata serves LLMs with low time-to-first-token at long contexts by managing the KV cache
 /// layer by layer (after LayerKV, arXiv 2410.00428).
 #[derive(Debug, Parser)]
-#[command(name = "strata", version, about, long_about = None)]
+#[command(name = "strata", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

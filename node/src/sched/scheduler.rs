@@ -415,12 +415,10 @@ impl Scheduler {
 
         // Pass 3: admission.
         let mut prefills: Vec<(SeqId, usize, Vec<bool>)> = Vec::new();
-        // What a running sequence waits per token: the modelled decode step, or what steps have
-        // been taking when prefills interleave with decodes.
+        // The modelled decode step: what each further token costs if no more prefills join.
         let decode_step_s = self
             .cost
-            .decode_s(decoding.len(), ctx_of(kv, &decoding), layers)
-            .max(self.token_interval_s.unwrap_or(0.0));
+            .decode_s(decoding.len(), ctx_of(kv, &decoding), layers);
         let mut step_s = decode_step_s;
         let mut prefill_tokens = 0usize;
         while let Some(&s) = self.waiting.first() {

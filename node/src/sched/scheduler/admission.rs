@@ -133,7 +133,9 @@ impl Scheduler {
                         self.stops.host += 1;
                         return None;
                     }
-                    if self.better_to_wait(kv, &req, now, free, prefill_s, decode_step_s) {
+                    // Waits are priced at the observed token interval: prefills keep joining.
+                    let interval_s = decode_step_s.max(self.token_interval_s.unwrap_or(0.0));
+                    if self.better_to_wait(kv, &req, now, free, prefill_s, interval_s) {
                         self.stops.own_tpot += 1;
                         return None;
                     }
@@ -207,7 +209,9 @@ impl Scheduler {
         tpot_if_admitted * 1e3 > req.slo.tpot_ms && ttft_if_waiting * 1e3 <= req.slo.ttft_ms
     }
 
-    /// `true` when no running sequence newly misses its TPOT SLO if this step takes `step_s`.
+    /// `true` when no running sequence newly misses its TPOT SLO if this step takes `step_s`,
+    /// each further token costing `decode_step_s` (the modelled step without prefills: the
+    /// question is whether this prefill is the one that breaks the SLO).
     fn decodes_keep_tpot(&self, now: Duration, step_s: f64, decode_step_s: f64) -> bool {
         // Every running sequence past its first token counts, whether it decodes this step or
         // waits for its layers: a longer step delays both.
