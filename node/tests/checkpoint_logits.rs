@@ -12,13 +12,7 @@ use strata_node::sched::{Request, SchedulerConfig};
 use strata_transport::proto::{CostProfile, RequestId};
 
 fn logits(cfg: &ModelConfig, w: Weights) -> Vec<Vec<f32>> {
-    let layout = KvLayout {
-        layers: cfg.num_layers,
-        block_tokens: 16,
-        kv_heads: cfg.num_kv_heads,
-        head_dim: cfg.head_dim,
-        dtype_bytes: 4,
-    };
+    let layout = KvLayout::for_model(cfg, 16, 4);
     let pools = PoolSizes {
         gpu_blocks: 256,
         host_blocks: 64,

@@ -301,13 +301,7 @@ fn invalid_plans_are_refused() {
 fn unusable_models_are_refused() {
     let cfg = tiny_with(|_| {});
     let weights = Weights::random(&cfg, 1, 0..cfg.num_layers).expect("weights");
-    let layout = KvLayout {
-        layers: cfg.num_layers,
-        block_tokens: 16,
-        kv_heads: cfg.num_kv_heads,
-        head_dim: cfg.head_dim,
-        dtype_bytes: 4,
-    };
+    let layout = KvLayout::for_model(&cfg, 16, 4);
     let bf16 = KvLayout {
         dtype_bytes: 2,
         ..layout

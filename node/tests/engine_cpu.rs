@@ -26,13 +26,7 @@ fn model() -> (ModelConfig, Weights) {
 }
 
 fn layout(cfg: &ModelConfig) -> KvLayout {
-    KvLayout {
-        layers: cfg.num_layers,
-        block_tokens: BT,
-        kv_heads: cfg.num_kv_heads,
-        head_dim: cfg.head_dim,
-        dtype_bytes: 4,
-    }
+    KvLayout::for_model(cfg, BT, 4)
 }
 
 /// A cost model where offloading always hides under prefill compute, and streaming an

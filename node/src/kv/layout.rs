@@ -70,6 +70,21 @@ pub struct KvLayout {
 }
 
 impl KvLayout {
+    /// The layout of a model's KV cache: every layer, its KV heads and head size.
+    pub fn for_model(
+        cfg: &crate::model::ModelConfig,
+        block_tokens: usize,
+        dtype_bytes: usize,
+    ) -> Self {
+        KvLayout {
+            layers: cfg.num_layers,
+            block_tokens,
+            kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+            dtype_bytes,
+        }
+    }
+
     /// Elements of K (or of V) in one block.
     pub fn half_block_elems(&self) -> usize {
         self.block_tokens * self.kv_heads * self.head_dim

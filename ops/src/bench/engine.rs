@@ -130,13 +130,11 @@ fn setup(args: &EngineArgs) -> anyhow::Result<Setup> {
             (model.config, Some(model.weights))
         }
     };
-    let layout = KvLayout {
-        layers: cfg.num_layers,
-        block_tokens: args.block_tokens,
-        kv_heads: cfg.num_kv_heads,
-        head_dim: cfg.head_dim,
-        dtype_bytes: if weights.is_some() { 4 } else { 2 },
-    };
+    let layout = KvLayout::for_model(
+        &cfg,
+        args.block_tokens,
+        if weights.is_some() { 4 } else { 2 },
+    );
     Ok(Setup {
         cfg,
         weights,
