@@ -83,6 +83,15 @@ fn probe() -> Request {
 /// blocker, can keep exactly `resident` layers on the GPU.
 /// Returns the probe's record, the streamed decodes, and the bytes that crossed tiers.
 fn run(mode: Mode, resident: usize, stream: bool) -> (RequestRecord, usize, u64) {
+    run_chunked(mode, resident, stream, 0)
+}
+
+fn run_chunked(
+    mode: Mode,
+    resident: usize,
+    stream: bool,
+    chunk: usize,
+) -> (RequestRecord, usize, u64) {
     let (cfg, w) = model();
     let layers = cfg.num_layers;
     let watermark = layers;
@@ -107,6 +116,7 @@ fn run(mode: Mode, resident: usize, stream: bool) -> (RequestRecord, usize, u64)
         staging_blocks: 64,
         watermark_blocks: watermark,
         stream_decode,
+        prefill_chunk_tokens: chunk,
         ..Default::default()
     };
     let exec = CpuExecutor::new(&cfg, w, layout(&cfg), pools).unwrap();
@@ -177,5 +187,26 @@ fn offloading_during_prefill_is_lossless() {
             }
             assert_same(&reference, &r, &what);
         }
+    }
+}
+
+#[test]
+fn chunked_prefill_is_lossless() {
+    let layers = model().0.num_layers;
+    let (reference, _, _) = run(Mode::Layerwise, layers, false);
+    // 83 prompt tokens in chunks of 32 (and of 16, one block): resident, and mostly offloaded
+    // with offloaded layers staged chunk after chunk.
+    for chunk in [16, 32] {
+        for resident in [layers, 1] {
+            let (r, _, _) = run_chunked(Mode::Layerwise, resident, false, chunk);
+            assert_eq!(r.offloaded_layers, layers - resident);
+            assert_same(
+                &reference,
+                &r,
+                &format!("chunk {chunk}, {resident} resident"),
+            );
+        }
+        let (b, _, _) = run_chunked(Mode::Baseline, layers, false, chunk);
+        assert_same(&reference, &b, &format!("baseline, chunk {chunk}"));
     }
 }

@@ -46,6 +46,16 @@ fn gpu_like() -> CostProfile {
 }
 
 fn engine(mode: Mode, gpu_blocks: usize, staging_blocks: usize, cost: CostProfile) -> Engine {
+    engine_chunked(mode, gpu_blocks, staging_blocks, cost, 0)
+}
+
+fn engine_chunked(
+    mode: Mode,
+    gpu_blocks: usize,
+    staging_blocks: usize,
+    cost: CostProfile,
+    prefill_chunk_tokens: usize,
+) -> Engine {
     let pools = PoolSizes {
         gpu_blocks,
         host_blocks: 10_000,
@@ -56,6 +66,7 @@ fn engine(mode: Mode, gpu_blocks: usize, staging_blocks: usize, cost: CostProfil
             mode,
             staging_blocks,
             watermark_blocks: LAYERS,
+            prefill_chunk_tokens,
             ..Default::default()
         },
         pools,
@@ -190,6 +201,9 @@ fn random_workloads_finish_every_request_exactly_once() {
         }
         for mode in [Mode::Baseline, Mode::Layerwise] {
             let mut e = engine(mode, gpu, staging, gpu_like());
+            if seed % 2 == 1 {
+                e = engine_chunked(mode, gpu, staging, gpu_like(), 64);
+            }
             let recs = run(&mut e, reqs.clone());
             for (r, &out) in recs.iter().zip(&outs) {
                 if r.rejected.is_some() {

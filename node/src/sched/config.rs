@@ -48,6 +48,9 @@ pub struct SchedulerConfig {
     pub max_batch_seqs: usize,
     /// New prompt tokens in one step (a single longer prompt is still admitted alone).
     pub max_prefill_tokens: usize,
+    /// Prefill long prompts in chunks of at most this many tokens, one chunk a step beside the
+    /// running decodes, so that a long prompt stalls them for one chunk at a time. 0: whole.
+    pub prefill_chunk_tokens: usize,
     /// Requests waiting for admission; more are refused.
     pub max_waiting: usize,
     /// GPU blocks kept free for decode growth when admitting.
@@ -72,6 +75,21 @@ pub enum StreamDecode {
     Never,
 }
 
+impl std::str::FromStr for StreamDecode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(StreamDecode::Auto),
+            "always" => Ok(StreamDecode::Always),
+            "never" => Ok(StreamDecode::Never),
+            _ => Err(format!(
+                "unknown stream-decode policy {s:?} (auto, always, never)"
+            )),
+        }
+    }
+}
+
 impl StreamDecode {
     /// Whether streaming is on for an executor whose copies do (`true`) or do not overlap
     /// compute.
@@ -90,6 +108,7 @@ impl Default for SchedulerConfig {
             mode: Mode::Layerwise,
             max_batch_seqs: 256,
             max_prefill_tokens: 16_384,
+            prefill_chunk_tokens: 0,
             max_waiting: 4096,
             watermark_blocks: 0,
             staging_blocks: 0,

@@ -38,6 +38,15 @@ struct Seq {
     first_token_at: Option<Duration>,
     /// Prompt tokens served from the prefix cache at admission.
     cached_tokens: usize,
+    /// Prompt tokens whose K/V are computed (cached ones included); below the prompt's length
+    /// while a chunked prefill is under way.
+    prefilled: usize,
+}
+
+impl Seq {
+    fn prefilling(&self) -> bool {
+        self.prefilled < self.req.prompt.len()
+    }
 }
 
 /// See the module doc.
@@ -176,6 +185,7 @@ impl Scheduler {
                 output: Vec::new(),
                 first_token_at: None,
                 cached_tokens: 0,
+                prefilled: 0,
             },
         );
         let key = self.order_key(id);
@@ -280,6 +290,9 @@ impl Scheduler {
         for (i, &s) in running.iter().enumerate() {
             if growing.len() >= self.cfg.max_batch_seqs {
                 break;
+            }
+            if self.seqs[&s].prefilling() {
+                continue;
             }
             let pos = kv.seq_tokens(s);
             let gpu_need = |kv: &BlockManager| {
@@ -414,13 +427,41 @@ impl Scheduler {
         }
 
         // Pass 3: admission.
-        let mut prefills: Vec<(SeqId, usize, Vec<bool>)> = Vec::new();
+        // (sequence, first prompt position, end) of this step's prefill chunks.
+        let mut prefills: Vec<(SeqId, usize, usize)> = Vec::new();
         // The modelled decode step: what each further token costs if no more prefills join.
         let decode_step_s = self
             .cost
             .decode_s(decoding.len(), ctx_of(kv, &decoding), layers);
         let mut step_s = decode_step_s;
         let mut prefill_tokens = 0usize;
+        // Chunked prefills under way continue before anything new starts.
+        let under_way: Vec<SeqId> = running
+            .iter()
+            .copied()
+            .filter(|r| self.seqs[r].prefilling())
+            .collect();
+        for s in under_way {
+            let seq = &self.seqs[&s];
+            let start = seq.prefilled;
+            let end = self.chunk_end(start, seq.req.prompt.len());
+            let n = end - start;
+            let staged: Vec<usize> = (0..layers).filter(|&l| !kv.is_resident(s, l)).collect();
+            let blocks = self.layout.blocks_for(end);
+            let fits = prefill_tokens == 0 || prefill_tokens + n <= self.cfg.max_prefill_tokens;
+            let staging_ok = staged
+                .iter()
+                .all(|&l| staging_used[l] + blocks <= self.cfg.staging_blocks);
+            if !fits || !staging_ok || decoding.len() + prefills.len() >= self.cfg.max_batch_seqs {
+                continue;
+            }
+            for &l in &staged {
+                staging_used[l] += blocks;
+            }
+            prefill_tokens += n;
+            step_s += self.cost.prefill_s(n, start, layers);
+            prefills.push((s, start, end));
+        }
         while let Some(&s) = self.waiting.first() {
             if decoding.len() + prefills.len() >= self.cfg.max_batch_seqs {
                 self.stops.step_budget += 1;
@@ -447,6 +488,7 @@ impl Scheduler {
                 let offloaded = mask.iter().filter(|&&m| m).count();
                 if let Some(seq) = self.seqs.get_mut(&s) {
                     seq.cached_tokens = hit;
+                    seq.prefilled = hit;
                 }
                 self.events.push(Event::Admitted {
                     seq: s,
@@ -454,7 +496,7 @@ impl Scheduler {
                     offloaded_layers: offloaded,
                     cached_tokens: hit,
                 });
-                prefills.push((s, hit, mask));
+                prefills.push((s, hit, self.chunk_end(hit, prompt.len())));
             } else {
                 break;
             }
@@ -464,18 +506,19 @@ impl Scheduler {
             copies: kv.poll_copies(),
             items: Vec::with_capacity(prefills.len() + decoding.len()),
         };
-        for (s, hit, mask) in prefills {
+        for (s, start, end) in prefills {
             let seq = &self.seqs[&s];
-            let n = seq.req.prompt.len();
             plan.items.push(WorkItem {
                 seq: s,
                 kind: WorkKind::Prefill,
-                tokens: seq.req.prompt[hit..].to_vec(),
-                start_pos: hit,
-                layers: self.layer_tables(kv, s, n, Some(&mask)),
+                tokens: seq.req.prompt[start..end].to_vec(),
+                start_pos: start,
+                // A layer is staged while any of its blocks is off the GPU: offloaded at
+                // admission, or swapped out between chunks.
+                layers: self.layer_tables(kv, s, end),
                 sampling: seq.req.sampling,
                 output_index: 0,
-                want_logits: seq.req.want_logits,
+                want_logits: seq.req.want_logits && end == seq.req.prompt.len(),
             });
         }
         for s in decoding {
@@ -490,7 +533,7 @@ impl Scheduler {
                 kind: WorkKind::Decode,
                 tokens: vec![last],
                 start_pos: pos,
-                layers: self.layer_tables(kv, s, pos + 1, None),
+                layers: self.layer_tables(kv, s, pos + 1),
                 sampling: seq.req.sampling,
                 output_index: seq.output.len(),
                 want_logits: seq.req.want_logits,
@@ -499,20 +542,22 @@ impl Scheduler {
         plan
     }
 
-    fn layer_tables(
-        &self,
-        kv: &BlockManager,
-        s: SeqId,
-        tokens: usize,
-        staged: Option<&[bool]>,
-    ) -> Vec<LayerKv> {
+    /// End of the prefill chunk that starts at `start` of a `len`-token prompt.
+    pub(super) fn chunk_end(&self, start: usize, len: usize) -> usize {
+        match self.cfg.prefill_chunk_tokens {
+            0 => len,
+            chunk => (start + chunk).min(len),
+        }
+    }
+
+    fn layer_tables(&self, kv: &BlockManager, s: SeqId, tokens: usize) -> Vec<LayerKv> {
         let blocks = self.layout.blocks_for(tokens);
         (0..self.layout.layers)
             .map(|l| {
                 let table = kv.table(s, l);
                 LayerKv {
                     blocks: table[..blocks.min(table.len())].to_vec(),
-                    staged: staged.map_or(!kv.is_resident(s, l), |m| m[l]),
+                    staged: !kv.is_resident(s, l),
                 }
             })
             .collect()
@@ -544,6 +589,13 @@ impl Scheduler {
             let Some(seq) = self.seqs.get_mut(&seq_id) else {
                 continue;
             };
+            if item.kind == WorkKind::Prefill {
+                seq.prefilled = item.start_pos + item.tokens.len();
+                if seq.prefilling() {
+                    // An intermediate chunk: its K/V are in, its sampled token means nothing.
+                    continue;
+                }
+            }
             let index = seq.output.len();
             seq.output.push(token);
             seq.first_token_at.get_or_insert(end);

@@ -15,7 +15,7 @@ use strata_node::exec::sim::SimExecutor;
 use strata_node::exec::{Executor, PoolSizes};
 use strata_node::kv::KvLayout;
 use strata_node::model::{ModelConfig, ModelSource, Weights};
-use strata_node::sched::{Mode, SchedulerConfig, roofline};
+use strata_node::sched::{Mode, SchedulerConfig, StreamDecode, roofline};
 use strata_transport::proto::{CostProfile, SloClass};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -68,6 +68,14 @@ pub struct EngineArgs {
     /// Host-tier capacity, GiB (allocated lazily on `cpu`; capped at what the workload can use).
     #[arg(long, default_value_t = 64.0)]
     host_gib: f64,
+    /// Prefill long prompts in chunks of this many tokens beside running decodes, in both
+    /// modes (0: a whole prompt in one step).
+    #[arg(long, default_value_t = 0)]
+    prefill_chunk: usize,
+    /// When offloaded layers may stream through staging during decode: `auto` (when the
+    /// executor's copies overlap compute), `always`, `never`.
+    #[arg(long, default_value = "auto")]
+    stream_decode: StreamDecode,
     /// Tokens per KV block.
     #[arg(long, default_value_t = 16)]
     block_tokens: usize,
@@ -266,6 +274,8 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
             watermark_blocks: layers.max(pools.gpu_blocks / 100),
             max_seq_tokens: max_seq,
             max_prefill_tokens: args.prompt_max.max(8192),
+            prefill_chunk_tokens: args.prefill_chunk,
+            stream_decode: args.stream_decode,
             ..SchedulerConfig::default()
         };
         let exec = executor(&s, args.executor, pools, &cost, args.seed)?;

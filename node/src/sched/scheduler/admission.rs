@@ -81,7 +81,10 @@ impl Scheduler {
         let hit = kv.peek_prefix(&req.prompt, req.cache_salt);
         let hit_tokens = hit.blocks() * self.layout.block_tokens;
         let n_new = req.prompt.len() - hit_tokens;
-        if *prefill_tokens > 0 && *prefill_tokens + n_new > self.cfg.max_prefill_tokens {
+        // This step runs the first chunk (the whole prompt when chunking is off).
+        let chunk_end = self.chunk_end(hit_tokens, req.prompt.len());
+        let n_first = chunk_end - hit_tokens;
+        if *prefill_tokens > 0 && *prefill_tokens + n_first > self.cfg.max_prefill_tokens {
             self.stops.step_budget += 1;
             return None;
         }
@@ -93,7 +96,11 @@ impl Scheduler {
                 .filter(|b| b.tier == Tier::Host)
                 .count()
         };
-        let prefill_s = self.cost.prefill_s(n_new, hit_tokens, layers);
+        let prefill_s = self.cost.prefill_s(n_first, hit_tokens, layers);
+        let whole_prefill_s = self.cost.prefill_s(n_new, hit_tokens, layers);
+        // Staged layers of the first chunk hold its blocks in staging.
+        let staged_blocks = self.layout.blocks_for(chunk_end);
+        let chunk_blocks = staged_blocks - hit.blocks();
         let free = kv
             .available(Tier::Gpu)
             .saturating_sub(self.cfg.watermark_blocks);
@@ -114,7 +121,7 @@ impl Scheduler {
                 let free = free.saturating_sub(parked_need);
                 let per_layer = b_new + (0..layers).map(host_hits).max().unwrap_or(0);
                 let resident = (free / per_layer.max(1)).min(layers);
-                let transfer_s = self.cost.transfer_s(self.layer_bytes(b_new));
+                let transfer_s = self.cost.transfer_s(self.layer_bytes(chunk_blocks));
                 if resident < residency::min_resident(layers, transfer_s, prefill_s) {
                     self.stops.offload_time += 1;
                     return None;
@@ -124,7 +131,7 @@ impl Scheduler {
                 if offloaded > 0 {
                     let staging_ok = (0..layers)
                         .filter(|&l| mask[l])
-                        .all(|l| staging_used[l] + b_total <= self.cfg.staging_blocks);
+                        .all(|l| staging_used[l] + staged_blocks <= self.cfg.staging_blocks);
                     if !staging_ok {
                         self.stops.staging += 1;
                         return None;
@@ -135,7 +142,7 @@ impl Scheduler {
                     }
                     // Waits are priced at the observed token interval: prefills keep joining.
                     let interval_s = decode_step_s.max(self.token_interval_s.unwrap_or(0.0));
-                    if self.better_to_wait(kv, &req, now, free, prefill_s, interval_s) {
+                    if self.better_to_wait(kv, &req, now, free, whole_prefill_s, interval_s) {
                         self.stops.own_tpot += 1;
                         return None;
                     }
@@ -145,13 +152,13 @@ impl Scheduler {
                     return None;
                 }
                 for l in (0..layers).filter(|&l| mask[l]) {
-                    staging_used[l] += b_total;
+                    staging_used[l] += staged_blocks;
                 }
                 mask
             }
         };
         *step_s += prefill_s;
-        *prefill_tokens += n_new;
+        *prefill_tokens += n_first;
         Some(mask)
     }
 
