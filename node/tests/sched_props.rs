@@ -50,7 +50,7 @@ fn cost(stream_cheap: bool) -> CostProfile {
 /// The executor's contract (see `sched::plan`), checked against the manager's state.
 fn check_plan(plan: &StepPlan, kv: &BlockManager, staging: usize) -> Result<(), String> {
     let mut seen = HashSet::new();
-    let mut staged = vec![0usize; LAYERS];
+    let mut staged = [0usize; LAYERS];
     for item in &plan.items {
         if !seen.insert(item.seq) {
             return Err(format!("{} twice in one step", item.seq));
@@ -206,7 +206,10 @@ proptest! {
             }
             if plan.items.is_empty() && plan.copies.is_empty() {
                 match pending.peek() {
-                    Some(r) => now = now.max(r.arrival),
+                    Some(r) => {
+                        now = now.max(r.arrival);
+                        continue;
+                    }
                     None => prop_assert!(false, "stalled with {} waiting, {} running",
                         sched.waiting_len(), sched.running_len()),
                 }

@@ -306,7 +306,12 @@ impl Scheduler {
                     .iter()
                     .rev()
                     .copied()
-                    .find(|&v| (0..layers).any(|l| kv.blocks_off(v, l, Tier::Host) > 0))
+                    .find(|&v| {
+                        // A sequence mid-prefill keeps its layers: it decodes within a few
+                        // steps, and its staged chunks must fit staging.
+                        !self.seqs[&v].prefilling()
+                            && (0..layers).any(|l| kv.blocks_off(v, l, Tier::Host) > 0)
+                    })
                     .unwrap_or(s);
                 if !self.swap_out(kv, victim, gpu_need(kv)) {
                     break;
@@ -394,7 +399,7 @@ impl Scheduler {
                     .rev()
                     .copied()
                     .take_while(|&v| v != s)
-                    .filter(|v| !decoding.contains(v))
+                    .filter(|v| !decoding.contains(v) && !self.seqs[v].prefilling())
                     .collect();
                 for v in victims {
                     if kv.available(Tier::Gpu) >= need {

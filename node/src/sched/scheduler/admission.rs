@@ -101,9 +101,19 @@ impl Scheduler {
         // Staged layers of the first chunk hold its blocks in staging.
         let staged_blocks = self.layout.blocks_for(chunk_end);
         let chunk_blocks = staged_blocks - hit.blocks();
+        // Cached hit blocks count as evictable in `available`, but attaching them pins them:
+        // they are not there for this request's new blocks.
+        let pinned = |tier: Tier| {
+            hit.tables
+                .iter()
+                .flatten()
+                .filter(|b| b.tier == tier && kv.block_refs(**b) == 0)
+                .count()
+        };
         let free = kv
             .available(Tier::Gpu)
-            .saturating_sub(self.cfg.watermark_blocks);
+            .saturating_sub(self.cfg.watermark_blocks + pinned(Tier::Gpu));
+        let host_free = kv.available(Tier::Host).saturating_sub(pinned(Tier::Host));
         let mask = match self.cfg.mode {
             Mode::Baseline => {
                 let need: usize = (0..layers).map(|l| b_new + host_hits(l)).sum();
@@ -129,14 +139,18 @@ impl Scheduler {
                 let mask = residency::spread(layers, layers - resident);
                 let offloaded = layers - resident;
                 if offloaded > 0 {
-                    let staging_ok = (0..layers)
-                        .filter(|&l| mask[l])
-                        .all(|l| staging_used[l] + staged_blocks <= self.cfg.staging_blocks);
+                    // Each chunk of a staged layer stages the layer's blocks so far: the whole
+                    // prompt must fit staging on its own, and the first chunk beside this
+                    // step's other staged work.
+                    let staging_ok = b_total <= self.cfg.staging_blocks
+                        && (0..layers)
+                            .filter(|&l| mask[l])
+                            .all(|l| staging_used[l] + staged_blocks <= self.cfg.staging_blocks);
                     if !staging_ok {
                         self.stops.staging += 1;
                         return None;
                     }
-                    if kv.available(Tier::Host) < offloaded * b_new {
+                    if host_free < offloaded * b_new {
                         self.stops.host += 1;
                         return None;
                     }
