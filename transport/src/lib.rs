@@ -1,9 +1,11 @@
 //! Strata's transport: the vocabulary that crosses the wire between nodes and routers.
 //!
 //! Module map:
-//! - [`proto`] — wire vocabulary shared by nodes and routers: ids, SLO classes, cost profiles.
+//! - [`proto`] — wire vocabulary shared by nodes and routers: ids, SLO classes, cost profiles,
+//!   and the messages of node ↔ router streams.
+//! - [`frame`] — length-prefixed rkyv frames, received aligned and validated before use.
 //!
-//! QUIC endpoints, framing and fault injection arrive with the end-to-end issue; everything here
-//! is already used by the node crate.
+//! QUIC endpoints, the connection pool and fault injection arrive with the end-to-end issue.
 
+pub mod frame;
 pub mod proto;

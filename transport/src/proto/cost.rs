@@ -10,7 +10,18 @@
 use serde::{Deserialize, Serialize};
 
 /// Prefill coefficients of one layer, seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Default,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct PrefillCoeffs {
     pub a0: f64,
     pub a1: f64,
@@ -18,7 +29,18 @@ pub struct PrefillCoeffs {
 }
 
 /// Decode coefficients of one layer, seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Default,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct DecodeCoeffs {
     pub d0: f64,
     pub d1: f64,
@@ -26,7 +48,17 @@ pub struct DecodeCoeffs {
 }
 
 /// Tier-to-tier transfer: fixed cost and bandwidth.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct TransferCoeffs {
     /// Fixed cost of one transfer, seconds.
     pub t0: f64,
@@ -44,7 +76,18 @@ impl Default for TransferCoeffs {
 }
 
 /// A node's fitted cost model. Layer costs are the same for every layer of a model.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Default,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct CostProfile {
     pub prefill: PrefillCoeffs,
     pub decode: DecodeCoeffs,

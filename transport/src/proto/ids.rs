@@ -4,7 +4,21 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A request, unique within the node that serves it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct RequestId(pub u64);
 
 impl fmt::Display for RequestId {

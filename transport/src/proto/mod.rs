@@ -3,11 +3,14 @@
 //! - [`ids`] — request and sequence identifiers.
 //! - [`slo`] — SLO classes (`ttft_ms`, `tpot_ms`, priority).
 //! - [`cost`] — the fitted per-layer cost model of a node (`CostProfile`).
+//! - [`msg`] — the messages of node ↔ router streams (`Message`).
 
 pub mod cost;
 pub mod ids;
+pub mod msg;
 pub mod slo;
 
 pub use cost::{CostProfile, DecodeCoeffs, PrefillCoeffs, TransferCoeffs};
 pub use ids::RequestId;
+pub use msg::Message;
 pub use slo::{SloClass, SloError};

@@ -3,7 +3,16 @@
 use serde::{Deserialize, Serialize};
 
 /// A named SLO class: the latency a request of this class is promised, and its priority.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct SloClass {
     /// Name operators and clients use (`interactive`, `batch`, …).
     pub name: String,
