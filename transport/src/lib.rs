@@ -4,8 +4,10 @@
 //! - [`proto`] — wire vocabulary shared by nodes and routers: ids, SLO classes, cost profiles,
 //!   and the messages of node ↔ router streams.
 //! - [`frame`] — length-prefixed rkyv frames, received aligned and validated before use.
+//! - [`tls`] — the cluster CA, member identities, and mutual-TLS QUIC endpoints.
 //!
-//! QUIC endpoints, the connection pool and fault injection arrive with the end-to-end issue.
+//! The connection pool, bulk block streams and fault injection arrive with the end-to-end issue.
 
 pub mod frame;
 pub mod proto;
+pub mod tls;

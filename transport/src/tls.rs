@@ -1,0 +1,135 @@
+//! The cluster's certificate authority and the mutual-TLS configurations built on it.
+//!
+//! Every member (router replica, node) holds a certificate issued by the cluster CA. Servers
+//! require a client certificate from that CA and clients require the same of servers, so a peer
+//! whose certificate comes from anywhere else is refused in the handshake.
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::sync::Arc;
+
+/// The name every member certificate carries and every client expects.
+pub const SERVER_NAME: &str = "strata-member";
+/// ALPN protocol of Strata's QUIC connections.
+pub const ALPN: &[u8] = b"strata/1";
+
+/// Certificates that could not be made or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// Certificate generation failed.
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A TLS configuration could not be built.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+/// The cluster CA: signs member certificates.
+pub struct ClusterCa {
+    params: CertificateParams,
+    key: KeyPair,
+    cert: CertificateDer<'static>,
+}
+
+/// A member's certificate chain and key, and the CA it trusts.
+#[derive(Clone)]
+pub struct Identity {
+    pub cert: CertificateDer<'static>,
+    /// PKCS#8 DER of the private key.
+    pub key_pkcs8: Vec<u8>,
+    pub ca: CertificateDer<'static>,
+}
+
+impl ClusterCa {
+    /// A new CA named `cluster`.
+    pub fn generate(cluster: &str) -> Result<Self, TlsError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{cluster} cluster CA"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?.der().clone();
+        Ok(ClusterCa { params, key, cert })
+    }
+
+    pub fn cert(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// Issues a member certificate named `member`.
+    pub fn issue(&self, member: &str) -> Result<Identity, TlsError> {
+        let mut params = CertificateParams::new(vec![SERVER_NAME.to_string(), member.to_string()])?;
+        params.distinguished_name.push(DnType::CommonName, member);
+        let key = KeyPair::generate()?;
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer)?.der().clone();
+        Ok(Identity {
+            cert,
+            key_pkcs8: key.serialize_der(),
+            ca: self.cert.clone(),
+        })
+    }
+}
+
+fn roots(ca: &CertificateDer<'static>) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(ca.clone())
+        .map_err(|e| TlsError::Config(format!("cluster CA: {e}")))?;
+    Ok(roots)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl Identity {
+    fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone()))
+    }
+
+    /// A QUIC server configuration that requires a client certificate from the cluster CA.
+    pub fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots(&self.ca)?),
+            provider(),
+        )
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![self.cert.clone()], self.key())
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+    }
+
+    /// A QUIC client configuration that presents this identity and trusts only the cluster CA.
+    pub fn client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(roots(&self.ca)?)
+            .with_client_auth_cert(vec![self.cert.clone()], self.key())
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        Ok(quinn::ClientConfig::new(Arc::new(quic)))
+    }
+
+    /// A QUIC endpoint bound to `addr` that both accepts and makes mutually authenticated
+    /// connections.
+    pub fn endpoint(&self, addr: std::net::SocketAddr) -> Result<quinn::Endpoint, TlsError> {
+        let mut ep = quinn::Endpoint::server(self.server_config()?, addr)
+            .map_err(|e| TlsError::Config(format!("bind {addr}: {e}")))?;
+        ep.set_default_client_config(self.client_config()?);
+        Ok(ep)
+    }
+}
