@@ -3,8 +3,10 @@
 //!
 //! Module map:
 //! - [`bench`] — benchmarks (`strata bench engine`: baseline vs layer-wise, in one run).
+//! - [`certs`] — the cluster CA and member certificates (`strata certs init`).
 
 mod bench;
+mod certs;
 
 use clap::{Parser, Subcommand};
 
@@ -22,11 +24,15 @@ enum Command {
     /// Measure Strata: load generators and side-by-side comparisons.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Certificates for mutual TLS between cluster members.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Certs(cmd) => certs::run(cmd),
     }
 }

@@ -5,7 +5,9 @@
 //! whose certificate comes from anywhere else is refused in the handshake.
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The name every member certificate carries and every client expects.
@@ -22,6 +24,22 @@ pub enum TlsError {
     /// A TLS configuration could not be built.
     #[error("TLS configuration: {0}")]
     Config(String),
+    /// A certificate or key file could not be read or written.
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+/// File names of a member's identity in a certificate directory.
+pub fn member_files(dir: &Path, member: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{member}.pem")),
+        dir.join(format!("{member}.key")),
+    )
+}
+
+/// File name of the cluster CA certificate in a certificate directory.
+pub fn ca_file(dir: &Path) -> PathBuf {
+    dir.join("ca.pem")
 }
 
 /// The cluster CA: signs member certificates.
@@ -29,6 +47,7 @@ pub struct ClusterCa {
     params: CertificateParams,
     key: KeyPair,
     cert: CertificateDer<'static>,
+    cert_pem: String,
 }
 
 /// A member's certificate chain and key, and the CA it trusts.
@@ -38,6 +57,20 @@ pub struct Identity {
     /// PKCS#8 DER of the private key.
     pub key_pkcs8: Vec<u8>,
     pub ca: CertificateDer<'static>,
+}
+
+fn read_pem<T: PemObject>(path: &Path) -> Result<T, TlsError> {
+    T::from_pem_file(path).map_err(|e| TlsError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), TlsError> {
+    std::fs::write(path, text).map_err(|e| TlsError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 impl ClusterCa {
@@ -50,23 +83,59 @@ impl ClusterCa {
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let key = KeyPair::generate()?;
-        let cert = params.self_signed(&key)?.der().clone();
-        Ok(ClusterCa { params, key, cert })
+        let signed = params.self_signed(&key)?;
+        Ok(ClusterCa {
+            cert: signed.der().clone(),
+            cert_pem: signed.pem(),
+            params,
+            key,
+        })
+    }
+
+    /// Writes `ca.pem` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf, TlsError> {
+        let path = ca_file(dir);
+        write_file(&path, &self.cert_pem)?;
+        Ok(path)
+    }
+
+    /// Issues a certificate for `member` and writes `member.pem` and `member.key` into `dir`
+    /// (the key readable by its owner only).
+    pub fn issue_to(&self, member: &str, dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
+        let (cert, key) = self.member_cert(member)?;
+        let (cert_path, key_path) = member_files(dir, member);
+        write_file(&cert_path, &cert.pem())?;
+        write_file(&key_path, &key.serialize_pem())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| TlsError::File {
+                    path: key_path.clone(),
+                    reason: e.to_string(),
+                },
+            )?;
+        }
+        Ok((cert_path, key_path))
     }
 
     pub fn cert(&self) -> &CertificateDer<'static> {
         &self.cert
     }
 
-    /// Issues a member certificate named `member`.
-    pub fn issue(&self, member: &str) -> Result<Identity, TlsError> {
+    fn member_cert(&self, member: &str) -> Result<(rcgen::Certificate, KeyPair), TlsError> {
         let mut params = CertificateParams::new(vec![SERVER_NAME.to_string(), member.to_string()])?;
         params.distinguished_name.push(DnType::CommonName, member);
         let key = KeyPair::generate()?;
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        let cert = params.signed_by(&key, &issuer)?.der().clone();
+        let cert = params.signed_by(&key, &Issuer::from_params(&self.params, &self.key))?;
+        Ok((cert, key))
+    }
+
+    /// Issues a member certificate named `member`, in memory.
+    pub fn issue(&self, member: &str) -> Result<Identity, TlsError> {
+        let (cert, key) = self.member_cert(member)?;
         Ok(Identity {
-            cert,
+            cert: cert.der().clone(),
             key_pkcs8: key.serialize_der(),
             ca: self.cert.clone(),
         })
@@ -86,6 +155,17 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 impl Identity {
+    /// Loads `member`'s identity and the CA from a certificate directory.
+    pub fn load(dir: &Path, member: &str) -> Result<Identity, TlsError> {
+        let (cert_path, key_path) = member_files(dir, member);
+        let key: PrivatePkcs8KeyDer<'static> = read_pem(&key_path)?;
+        Ok(Identity {
+            cert: read_pem(&cert_path)?,
+            key_pkcs8: key.secret_pkcs8_der().to_vec(),
+            ca: read_pem(&ca_file(dir))?,
+        })
+    }
+
     fn key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone()))
     }

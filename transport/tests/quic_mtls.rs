@@ -126,3 +126,30 @@ async fn members_talk_and_strangers_are_refused() {
         }
     );
 }
+
+#[tokio::test]
+async fn identities_loaded_from_files_talk() {
+    let dir = std::env::temp_dir().join(format!("strata-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = ClusterCa::generate("files").unwrap();
+    ca.write(&dir).unwrap();
+    ca.issue_to("node-1", &dir).unwrap();
+    ca.issue_to("router-1", &dir).unwrap();
+    let node = Identity::load(&dir, "node-1").unwrap();
+    let router = Identity::load(&dir, "router-1").unwrap();
+    let server = node.endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let mut outcomes = serve(server);
+    let back = timeout(BOUND, exchange(&router, addr))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        back,
+        Message::Cancel {
+            request: RequestId(7)
+        }
+    );
+    assert_eq!(timeout(BOUND, outcomes.recv()).await.unwrap(), Some(Ok(())));
+    let _ = std::fs::remove_dir_all(&dir);
+}
