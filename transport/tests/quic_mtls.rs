@@ -38,6 +38,12 @@ fn serve(endpoint: quinn::Endpoint) -> mpsc::Receiver<Result<(), String>> {
     rx
 }
 
+/// Starts an echo server for `identity` on a free loopback port.
+fn start(identity: &Identity) -> (std::net::SocketAddr, mpsc::Receiver<Result<(), String>>) {
+    let server = identity.endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    (server.local_addr().unwrap(), serve(server))
+}
+
 async fn exchange(client: &Identity, addr: std::net::SocketAddr) -> Result<Message, String> {
     let ep = client
         .endpoint("127.0.0.1:0".parse().unwrap())
@@ -68,9 +74,7 @@ async fn members_talk_and_strangers_are_refused() {
     let ca = ClusterCa::generate("test").unwrap();
     let node = ca.issue("node-1").unwrap();
     let router = ca.issue("router-1").unwrap();
-    let server = node.endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = server.local_addr().unwrap();
-    let mut outcomes = serve(server);
+    let (addr, mut outcomes) = start(&node);
 
     // A member of the cluster gets its message echoed.
     let back = timeout(BOUND, exchange(&router, addr))
@@ -108,9 +112,7 @@ async fn members_talk_and_strangers_are_refused() {
         ca: foreign.ca.clone(),
         ..foreign
     };
-    let rogue_server = rogue.endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    let rogue_addr = rogue_server.local_addr().unwrap();
-    let _rogue_outcomes = serve(rogue_server);
+    let (rogue_addr, _rogue_outcomes) = start(&rogue);
     let result = timeout(BOUND, exchange(&router, rogue_addr)).await.unwrap();
     assert!(result.is_err(), "a client trusted a foreign server");
 
@@ -137,9 +139,7 @@ async fn identities_loaded_from_files_talk() {
     ca.issue_to("router-1", &dir).unwrap();
     let node = Identity::load(&dir, "node-1").unwrap();
     let router = Identity::load(&dir, "router-1").unwrap();
-    let server = node.endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = server.local_addr().unwrap();
-    let mut outcomes = serve(server);
+    let (addr, mut outcomes) = start(&node);
     let back = timeout(BOUND, exchange(&router, addr))
         .await
         .unwrap()
