@@ -150,6 +150,21 @@ fn roots(ca: &CertificateDer<'static>) -> Result<rustls::RootCertStore, TlsError
     Ok(roots)
 }
 
+/// Flow-control windows sized for bulk KV-block streams (quinn's defaults suit small messages),
+/// keep-alives, and a bound on how long a silent peer keeps a connection.
+pub fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.stream_receive_window(quinn::VarInt::from_u32(64 << 20))
+        .receive_window(quinn::VarInt::from_u32(256 << 20))
+        .send_window(256 << 20)
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024))
+        .keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(std::time::Duration::from_secs(10)) {
+        t.max_idle_timeout(Some(idle));
+    }
+    Arc::new(t)
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -187,7 +202,9 @@ impl Identity {
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| TlsError::Config(e.to_string()))?;
-        Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+        let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        cfg.transport_config(transport_config());
+        Ok(cfg)
     }
 
     /// A QUIC client configuration that presents this identity and trusts only the cluster CA.
@@ -201,7 +218,9 @@ impl Identity {
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| TlsError::Config(e.to_string()))?;
-        Ok(quinn::ClientConfig::new(Arc::new(quic)))
+        let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+        cfg.transport_config(transport_config());
+        Ok(cfg)
     }
 
     /// A QUIC endpoint bound to `addr` that both accepts and makes mutually authenticated

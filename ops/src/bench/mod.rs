@@ -3,9 +3,11 @@
 //! - [`engine`] — the node engine in-process: baseline vs layer-wise on one workload.
 //! - [`workload`] — Poisson arrivals with uniform prompt and output lengths.
 //! - [`stats`] — percentiles, per-mode reports, the JSON document.
+//! - [`transport`] — QUIC vs TCP bulk throughput between two processes.
 
 mod engine;
 mod stats;
+mod transport;
 mod workload;
 
 use clap::Subcommand;
@@ -20,10 +22,18 @@ pub enum BenchCommand {
     /// modelled on `sim`), and idle gaps are skipped, so the run takes about as long as the
     /// compute it does.
     Engine(engine::EngineArgs),
+    /// Move `--gib` GiB between two processes on loopback over QUIC (the cluster's
+    /// mutual-TLS endpoints) and over plain TCP in one run; print both rates and their ratio.
+    Transport(transport::TransportArgs),
+    /// The receiving process of `bench transport` (started by it).
+    #[command(hide = true)]
+    TransportPeer(transport::PeerArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Engine(args) => engine::run(args),
+        BenchCommand::Transport(args) => transport::run(args),
+        BenchCommand::TransportPeer(args) => transport::peer(args),
     }
 }
