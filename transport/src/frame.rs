@@ -46,14 +46,19 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, FrameError> {
     Ok(out)
 }
 
+/// Validates and deserializes a frame body that is already aligned.
+fn decode_aligned(body: &AlignedVec<16>) -> Result<Message, FrameError> {
+    let archived = rkyv::access::<ArchivedMessage, rancor::Error>(body)
+        .map_err(|e| FrameError::Invalid(format!("{e} ({} bytes)", body.len())))?;
+    rkyv::deserialize::<Message, rancor::Error>(archived)
+        .map_err(|e| FrameError::Invalid(e.to_string()))
+}
+
 /// Validates and deserializes one frame body, whatever its alignment in `body`.
 pub fn decode_body(body: &[u8]) -> Result<Message, FrameError> {
     let mut aligned = AlignedVec::<16>::with_capacity(body.len());
     aligned.extend_from_slice(body);
-    let archived = rkyv::access::<ArchivedMessage, rancor::Error>(&aligned)
-        .map_err(|e| FrameError::Invalid(format!("{e} ({} bytes)", body.len())))?;
-    rkyv::deserialize::<Message, rancor::Error>(archived)
-        .map_err(|e| FrameError::Invalid(e.to_string()))
+    decode_aligned(&aligned)
 }
 
 /// Decodes the first complete frame of `buf`: `Ok(None)` when more bytes are needed, else the
@@ -119,9 +124,5 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
         filled += n;
     }
-    let archived = rkyv::access::<ArchivedMessage, rancor::Error>(&body)
-        .map_err(|e| FrameError::Invalid(format!("{e} ({len} bytes)")))?;
-    rkyv::deserialize::<Message, rancor::Error>(archived)
-        .map(Some)
-        .map_err(|e| FrameError::Invalid(e.to_string()))
+    decode_aligned(&body).map(Some)
 }

@@ -54,6 +54,9 @@ pub struct PrefixHit {
     pub hashes: Vec<BlockHash>,
     /// `tables[layer][i]`: where block `i` of that layer is cached.
     pub tables: Vec<Vec<BlockId>>,
+    /// Hit blocks per tier that nobody holds (counted in `available`): attaching the hit
+    /// pins them, so they are not there for the request's new blocks.
+    pub unheld: [usize; 2],
 }
 
 impl PrefixHit {
@@ -215,6 +218,7 @@ impl BlockManager {
         let mut hit = PrefixHit {
             hashes: Vec::new(),
             tables: vec![Vec::new(); self.layout.layers],
+            unheld: [0; 2],
         };
         for hash in prefix::chain(salt, tokens, bt, max_blocks) {
             let found: Option<Vec<BlockId>> = (0..self.layout.layers as u32)
@@ -223,6 +227,9 @@ impl BlockManager {
             let Some(blocks) = found else { break };
             hit.hashes.push(hash);
             for (table, b) in hit.tables.iter_mut().zip(blocks) {
+                if self.block_refs(b) == 0 {
+                    hit.unheld[b.tier.index()] += 1;
+                }
                 table.push(b);
             }
         }

@@ -20,6 +20,9 @@
 use super::config::{Mode, SchedulerConfig};
 
 mod admission;
+mod budget;
+
+use budget::StepBudget;
 
 use super::event::Event;
 use super::plan::{LayerKv, SeqId, StepPlan, WorkItem, WorkKind};
@@ -355,7 +358,8 @@ impl Scheduler {
             .first()
             .map_or(0, |w| self.layout.blocks_for(self.seqs[w].req.prompt.len()));
         let stream_limit = self.cfg.staging_blocks.saturating_sub(prefill_reserve);
-        let mut staging_used = vec![0usize; layers];
+        let mut budget =
+            StepBudget::new(layers, self.cfg.max_prefill_tokens, self.cfg.staging_blocks);
         let mut stream_bytes = vec![0u64; layers];
         let mut parked_need = 0usize;
         let mut gathering = false;
@@ -365,13 +369,13 @@ impl Scheduler {
             let bytes = self.layer_bytes(blocks);
             let can_stream = self.cfg.mode == Mode::Layerwise
                 && self.stream
-                && off.iter().all(|&l| {
-                    staging_used[l] + blocks <= stream_limit
-                        && self.cost.transfer_s(stream_bytes[l] + bytes) <= decode_layer_s
-                });
+                && budget.fits_staging(&off, blocks, stream_limit)
+                && off
+                    .iter()
+                    .all(|&l| self.cost.transfer_s(stream_bytes[l] + bytes) <= decode_layer_s);
             if can_stream {
+                budget.take_staging(&off, blocks);
                 for &l in &off {
-                    staging_used[l] += blocks;
                     stream_bytes[l] += bytes;
                 }
                 decoding.push(s);
@@ -438,8 +442,7 @@ impl Scheduler {
         let decode_step_s = self
             .cost
             .decode_s(decoding.len(), ctx_of(kv, &decoding), layers);
-        let mut step_s = decode_step_s;
-        let mut prefill_tokens = 0usize;
+        budget.seconds = decode_step_s;
         // Chunked prefills under way continue before anything new starts.
         let under_way: Vec<SeqId> = running
             .iter()
@@ -453,18 +456,14 @@ impl Scheduler {
             let n = end - start;
             let staged: Vec<usize> = (0..layers).filter(|&l| !kv.is_resident(s, l)).collect();
             let blocks = self.layout.blocks_for(end);
-            let fits = prefill_tokens == 0 || prefill_tokens + n <= self.cfg.max_prefill_tokens;
-            let staging_ok = staged
-                .iter()
-                .all(|&l| staging_used[l] + blocks <= self.cfg.staging_blocks);
-            if !fits || !staging_ok || decoding.len() + prefills.len() >= self.cfg.max_batch_seqs {
+            if !budget.fits_tokens(n)
+                || !budget.fits_staging(&staged, blocks, budget.staging_limit())
+                || decoding.len() + prefills.len() >= self.cfg.max_batch_seqs
+            {
                 continue;
             }
-            for &l in &staged {
-                staging_used[l] += blocks;
-            }
-            prefill_tokens += n;
-            step_s += self.cost.prefill_s(n, start, layers);
+            budget.take_staging(&staged, blocks);
+            budget.add_prefill(n, self.cost.prefill_s(n, start, layers));
             prefills.push((s, start, end));
         }
         while let Some(&s) = self.waiting.first() {
@@ -472,16 +471,9 @@ impl Scheduler {
                 self.stops.step_budget += 1;
                 break;
             }
-            let Some(mask) = self.plan_admission(
-                kv,
-                s,
-                now,
-                parked_need,
-                &mut staging_used,
-                &mut step_s,
-                &mut prefill_tokens,
-                decode_step_s,
-            ) else {
+            let Some(mask) =
+                self.plan_admission(kv, s, now, parked_need, &mut budget, decode_step_s)
+            else {
                 break;
             };
             let seq = &self.seqs[&s];

@@ -209,11 +209,10 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
     );
 
     let cost = profile(&args, &s)?;
-    let layers_f = layers;
     let mean_prefill = (0..16)
         .map(|i| {
             let p = args.prompt_min + (args.prompt_max - args.prompt_min) * i / 15;
-            cost.prefill_s(p, 0, layers_f)
+            cost.prefill_s(p, 0, layers)
         })
         .sum::<f64>()
         / 16.0;
@@ -241,10 +240,10 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
     workload.rate_per_s = rate;
     let ttft_slo_ms = args
         .ttft_slo_ms
-        .unwrap_or(5e3 * cost.prefill_s(args.prompt_max, 0, layers_f));
+        .unwrap_or(5e3 * cost.prefill_s(args.prompt_max, 0, layers));
     let tpot_slo_ms = args
         .tpot_slo_ms
-        .unwrap_or(10e3 * cost.decode_s(1, max_seq, layers_f));
+        .unwrap_or(10e3 * cost.decode_s(1, max_seq, layers));
     let slo = SloClass {
         name: "bench".into(),
         ttft_ms: ttft_slo_ms,

@@ -8,7 +8,7 @@
 
 use super::super::request::Request;
 use super::super::residency;
-use super::{Mode, Scheduler};
+use super::{Mode, Scheduler, StepBudget};
 use crate::kv::{BlockManager, Tier};
 use crate::sched::plan::SeqId;
 use std::time::Duration;
@@ -60,16 +60,13 @@ impl Scheduler {
     }
 
     /// Decides whether the head of the queue can start now, and which layers it offloads.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn plan_admission(
         &mut self,
         kv: &BlockManager,
         s: SeqId,
         now: Duration,
         parked_need: usize,
-        staging_used: &mut [usize],
-        step_s: &mut f64,
-        prefill_tokens: &mut usize,
+        budget: &mut StepBudget,
         decode_step_s: f64,
     ) -> Option<Vec<bool>> {
         let layers = self.layout.layers;
@@ -84,7 +81,7 @@ impl Scheduler {
         // This step runs the first chunk (the whole prompt when chunking is off).
         let chunk_end = self.chunk_end(hit_tokens, req.prompt.len());
         let n_first = chunk_end - hit_tokens;
-        if *prefill_tokens > 0 && *prefill_tokens + n_first > self.cfg.max_prefill_tokens {
+        if !budget.fits_tokens(n_first) {
             self.stops.step_budget += 1;
             return None;
         }
@@ -101,19 +98,13 @@ impl Scheduler {
         // Staged layers of the first chunk hold its blocks in staging.
         let staged_blocks = self.layout.blocks_for(chunk_end);
         let chunk_blocks = staged_blocks - hit.blocks();
-        // Cached hit blocks count as evictable in `available`, but attaching them pins them:
-        // they are not there for this request's new blocks.
-        let pinned = |tier: Tier| {
-            hit.tables
-                .iter()
-                .flatten()
-                .filter(|b| b.tier == tier && kv.block_refs(**b) == 0)
-                .count()
-        };
+        // Attaching the hit pins its unheld blocks, which `available` counts as evictable.
         let free = kv
             .available(Tier::Gpu)
-            .saturating_sub(self.cfg.watermark_blocks + pinned(Tier::Gpu));
-        let host_free = kv.available(Tier::Host).saturating_sub(pinned(Tier::Host));
+            .saturating_sub(self.cfg.watermark_blocks + hit.unheld[Tier::Gpu.index()]);
+        let host_free = kv
+            .available(Tier::Host)
+            .saturating_sub(hit.unheld[Tier::Host.index()]);
         let mask = match self.cfg.mode {
             Mode::Baseline => {
                 let need: usize = (0..layers).map(|l| b_new + host_hits(l)).sum();
@@ -142,10 +133,9 @@ impl Scheduler {
                     // Each chunk of a staged layer stages the layer's blocks so far: the whole
                     // prompt must fit staging on its own, and the first chunk beside this
                     // step's other staged work.
-                    let staging_ok = b_total <= self.cfg.staging_blocks
-                        && (0..layers)
-                            .filter(|&l| mask[l])
-                            .all(|l| staging_used[l] + staged_blocks <= self.cfg.staging_blocks);
+                    let staged: Vec<usize> = (0..layers).filter(|&l| mask[l]).collect();
+                    let staging_ok = b_total <= budget.staging_limit()
+                        && budget.fits_staging(&staged, staged_blocks, budget.staging_limit());
                     if !staging_ok {
                         self.stops.staging += 1;
                         return None;
@@ -161,18 +151,16 @@ impl Scheduler {
                         return None;
                     }
                 }
-                if !self.decodes_keep_tpot(now, *step_s + prefill_s, decode_step_s) {
+                if !self.decodes_keep_tpot(now, budget.seconds + prefill_s, decode_step_s) {
                     self.stops.tpot += 1;
                     return None;
                 }
-                for l in (0..layers).filter(|&l| mask[l]) {
-                    staging_used[l] += staged_blocks;
-                }
+                let staged: Vec<usize> = (0..layers).filter(|&l| mask[l]).collect();
+                budget.take_staging(&staged, staged_blocks);
                 mask
             }
         };
-        *step_s += prefill_s;
-        *prefill_tokens += n_first;
+        budget.add_prefill(n_first, prefill_s);
         Some(mask)
     }
 
