@@ -92,10 +92,6 @@ impl Engine {
         })
     }
 
-    pub fn executor_name(&self) -> &'static str {
-        self.exec.name()
-    }
-
     pub fn scheduler(&self) -> &Scheduler {
         &self.sched
     }

@@ -118,11 +118,6 @@ impl Scheduler {
         &self.cost
     }
 
-    /// Replaces the cost model (after a new fit).
-    pub fn set_cost(&mut self, cost: CostProfile) {
-        self.cost = cost;
-    }
-
     /// Why admission stopped, since the start.
     pub fn admission_stops(&self) -> AdmissionStops {
         self.stops
