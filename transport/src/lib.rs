@@ -5,9 +5,11 @@
 //!   and the messages of node ↔ router streams.
 //! - [`frame`] — length-prefixed rkyv frames, received aligned and validated before use.
 //! - [`tls`] — the cluster CA, member identities, and mutual-TLS QUIC endpoints.
+//! - [`vocab`] — tokenizers (HF `tokenizer.json` or bytes), shared by nodes and routers.
 //!
 //! The connection pool, bulk block streams and fault injection arrive with the end-to-end issue.
 
 pub mod frame;
 pub mod proto;
 pub mod tls;
+pub mod vocab;

@@ -2,8 +2,8 @@
 
 use strata_transport::frame::{self, FrameError};
 use strata_transport::proto::msg::{
-    ArchivedMessage, FinishEvent, GenerateRequest, LoadReport, TokenEvent, WireFinishReason,
-    WireKvEvent, WireSampling,
+    ArchivedMessage, FinishEvent, GenerateRequest, LoadReport, NodeInfo, RejectEvent, RejectReason,
+    TokenEvent, WireFinishReason, WireKvEvent, WireSampling,
 };
 use strata_transport::proto::{CostProfile, Message, RequestId, SloClass};
 
@@ -50,9 +50,33 @@ fn every_message() -> Vec<Message> {
             output_tokens: 1,
             cached_tokens: 0,
         }),
+        Message::Reject(RejectEvent {
+            request: r,
+            reason: RejectReason::QueueFull,
+            message: "the waiting queue is full (64 requests)".into(),
+        }),
         Message::Cancel { request: r },
+        Message::Subscribe {
+            router: "router-0".into(),
+        },
+        Message::Hello(NodeInfo {
+            node: "node-1".into(),
+            model: "tiny".into(),
+            executor: "cpu".into(),
+            vocab_size: 512,
+            num_layers: 4,
+            max_seq_tokens: 32_768,
+            block_tokens: 16,
+            block_bytes: 4096,
+            gpu_blocks: 1 << 12,
+            host_blocks: 1 << 16,
+            eos_tokens: vec![2],
+        }),
         Message::Load(LoadReport {
+            seq: 9,
+            at_us: 123_456,
             waiting: 3,
+            waiting_prefill_tokens: 12_288,
             running: 17,
             gpu_free_blocks: 1 << 20,
             host_free_blocks: 1 << 30,

@@ -3,14 +3,19 @@
 //! - [`ids`] — request and sequence identifiers.
 //! - [`slo`] — SLO classes (`ttft_ms`, `tpot_ms`, priority).
 //! - [`cost`] — the fitted per-layer cost model of a node (`CostProfile`).
+//! - [`kv`] — prefix-cache block hashes (the chain nodes store under and routers look up).
 //! - [`msg`] — the messages of node ↔ router streams (`Message`).
 
 pub mod cost;
 pub mod ids;
+pub mod kv;
 pub mod msg;
 pub mod slo;
 
 pub use cost::{CostProfile, DecodeCoeffs, PrefillCoeffs, TransferCoeffs};
 pub use ids::RequestId;
-pub use msg::Message;
+pub use msg::{
+    FinishEvent, GenerateRequest, LoadReport, Message, NodeInfo, RejectEvent, RejectReason,
+    TokenEvent, WireFinishReason, WireKvEvent, WireSampling,
+};
 pub use slo::{SloClass, SloError};

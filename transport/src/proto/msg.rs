@@ -1,5 +1,12 @@
 //! The messages of node ↔ router streams. Each stream carries length-prefixed frames of one
 //! [`Message`] each (see [`frame`](crate::frame)).
+//!
+//! Streams, each a QUIC bidirectional stream opened by the router:
+//! - **request**: router sends `Generate`; node answers `Token`… then `Finish`, or `Reject`
+//!   before any token. The router keeps its send side open while it waits; a `Cancel` frame, a
+//!   reset or a finished send side all cancel the request on the node.
+//! - **subscription**: router sends `Subscribe`; node answers `Hello` once, then `Load` every
+//!   report interval and on change, and `KvEvents` as its prefix cache changes.
 
 use super::cost::CostProfile;
 use super::ids::RequestId;
@@ -61,11 +68,64 @@ pub struct FinishEvent {
     pub cached_tokens: u32,
 }
 
+/// Why a node refused a request before running it. Nothing was queued; the router may place
+/// the request elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum RejectReason {
+    /// The node's waiting queue is full.
+    QueueFull,
+    /// Prompt plus `max_tokens` pass the model's context.
+    TooLong,
+    /// The sequence could never fit this node's tiers.
+    TooLarge,
+    /// The request is malformed (empty prompt, zero `max_tokens`, duplicate id).
+    Invalid,
+    /// The node is shutting down.
+    ShuttingDown,
+}
+
+/// Node → router: the request was refused (see [`RejectReason`]).
+#[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
+pub struct RejectEvent {
+    pub request: RequestId,
+    pub reason: RejectReason,
+    pub message: String,
+}
+
+/// What a node serves and how its KV cache is shaped: sent once per subscription.
+#[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's id in the cluster (as in `cluster.json`).
+    pub node: String,
+    /// The model name requests use.
+    pub model: String,
+    /// `cpu`, `cuda` or `sim`.
+    pub executor: String,
+    pub vocab_size: u32,
+    pub num_layers: u32,
+    /// Prompt plus output tokens a sequence may hold.
+    pub max_seq_tokens: u32,
+    /// Tokens per KV block (the prefix hash granularity).
+    pub block_tokens: u32,
+    /// Bytes of one block of one layer.
+    pub block_bytes: u64,
+    pub gpu_blocks: u64,
+    pub host_blocks: u64,
+    /// Token ids that end generation (the model's end-of-sequence ids).
+    pub eos_tokens: Vec<u32>,
+}
+
 /// Node → routers, periodically and on change: what placement needs to know.
 #[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
 pub struct LoadReport {
+    /// Increases with every report of a subscription.
+    pub seq: u64,
+    /// Node clock, microseconds.
+    pub at_us: u64,
     pub waiting: u32,
     pub running: u32,
+    /// Prompt tokens of the waiting requests, not yet prefilled.
+    pub waiting_prefill_tokens: u64,
     pub gpu_free_blocks: u64,
     pub host_free_blocks: u64,
     /// The node's own prediction of how long a new request would wait, microseconds.
@@ -80,13 +140,22 @@ pub enum WireKvEvent {
     Removed { tier: u8, hash: u64, layer: u32 },
 }
 
-/// Everything that crosses a node ↔ router stream.
+/// Everything that crosses a node ↔ router stream (see the module doc for which stream carries
+/// which).
 #[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
 pub enum Message {
     Generate(GenerateRequest),
     Token(TokenEvent),
     Finish(FinishEvent),
-    Cancel { request: RequestId },
+    Reject(RejectEvent),
+    Cancel {
+        request: RequestId,
+    },
+    Subscribe {
+        /// The subscriber's name, for the node's logs.
+        router: String,
+    },
+    Hello(NodeInfo),
     Load(LoadReport),
     KvEvents(Vec<WireKvEvent>),
 }
