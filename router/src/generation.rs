@@ -34,6 +34,8 @@ pub enum GenEvent {
         /// 0 for the first output token; continuous across failover.
         index: u32,
         token: u32,
+        /// Log-probability of `token` (0.0 when logprobs were not asked for).
+        logprob: f32,
         /// `(token, log-probability)` of the most likely tokens, when asked for.
         top_logprobs: Vec<(u32, f32)>,
     },

@@ -34,6 +34,7 @@ fn every_message() -> Vec<Message> {
             index: 3,
             token: 1234,
             at_us: 99_000,
+            logprob: -0.1,
             top_logprobs: vec![(1234, -0.1), (77, -2.5)],
         }),
         Message::Finish(FinishEvent {

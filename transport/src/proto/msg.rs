@@ -45,7 +45,9 @@ pub struct TokenEvent {
     pub token: u32,
     /// Node clock, microseconds, when the token was produced.
     pub at_us: u64,
-    /// `(token, log-probability)` of the most likely tokens, when asked for.
+    /// Log-probability of `token` under the model (0.0 when logprobs were not asked for).
+    pub logprob: f32,
+    /// `(token, log-probability)` of the most likely tokens, most likely first, when asked for.
     pub top_logprobs: Vec<(u32, f32)>,
 }
 
