@@ -14,4 +14,8 @@
 //! - [`place`] — placement policies, the SLO check and early rejection.
 //! - [`forward`] — links to nodes, request streams, cancellation and failover.
 
+pub mod config;
 pub mod generation;
+pub mod place;
+pub mod predict;
+pub mod view;

@@ -1,0 +1,369 @@
+//! The Placer: (cluster view, request) → an instance, or a rejection. Sans-IO.
+//!
+//! Candidates are the healthy instances of the request's model that it has not already failed
+//! on. Policies:
+//! - `round_robin` — the next candidate in turn;
+//! - `least_loaded` — fewest requests (waiting + running on the node, plus placed since its
+//!   last report);
+//! - `prefix_affinity` — the longest cached prefix, then least loaded;
+//! - `predicted_ttft` (default) — the lowest predicted TTFT, and an early rejection when even
+//!   that misses the request's TTFT SLO.
+
+use crate::predict::{Prediction, predict};
+use crate::view::{ClusterView, InstanceState};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use strata_transport::proto::{SloClass, kv};
+
+/// How to choose among instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    RoundRobin,
+    LeastLoaded,
+    PrefixAffinity,
+    #[default]
+    PredictedTtft,
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "round_robin" => Ok(Policy::RoundRobin),
+            "least_loaded" => Ok(Policy::LeastLoaded),
+            "prefix_affinity" => Ok(Policy::PrefixAffinity),
+            "predicted_ttft" => Ok(Policy::PredictedTtft),
+            _ => Err(format!(
+                "unknown policy {s:?} (round_robin, least_loaded, prefix_affinity, predicted_ttft)"
+            )),
+        }
+    }
+}
+
+/// What placement needs to know about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct PlaceRequest<'a> {
+    pub model: &'a str,
+    /// The prompt as the node will see it (after any failover replay).
+    pub tokens: &'a [u32],
+    pub cache_salt: u64,
+    pub slo: &'a SloClass,
+    /// Instances this request already failed on.
+    pub exclude: &'a [String],
+}
+
+/// The chosen instance, with its prediction (when it had reported).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    pub instance: String,
+    pub prediction: Option<Prediction>,
+}
+
+/// Why no instance was chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlaceError {
+    /// No healthy candidate.
+    Unavailable,
+    /// `predicted_ttft`: the best candidate misses the TTFT SLO.
+    Overloaded {
+        best: Duration,
+        retry_after: Duration,
+    },
+}
+
+/// The longest `Retry-After` the placer asks for.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// See the module doc.
+#[derive(Debug, Clone)]
+pub struct Placer {
+    policy: Policy,
+    /// A node silent for longer is unhealthy.
+    silence: Duration,
+    next: usize,
+}
+
+impl Placer {
+    pub fn new(policy: Policy, silence: Duration) -> Self {
+        Placer {
+            policy,
+            silence,
+            next: 0,
+        }
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
+    /// Chooses an instance for `req`, or says why none.
+    pub fn place(
+        &mut self,
+        view: &ClusterView,
+        req: &PlaceRequest<'_>,
+        now: Instant,
+    ) -> Result<Choice, PlaceError> {
+        let candidates: Vec<&InstanceState> = view
+            .instances()
+            .iter()
+            .filter(|i| {
+                i.model == req.model
+                    && i.healthy(now, self.silence)
+                    && !req.exclude.contains(&i.id)
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(PlaceError::Unavailable);
+        }
+        // Hash the prompt once per block size among the candidates.
+        let mut chains: HashMap<u32, Vec<u64>> = HashMap::new();
+        let scored: Vec<(&InstanceState, Option<Prediction>)> = candidates
+            .iter()
+            .map(|&inst| {
+                let bt = inst.info.as_ref().map_or(16, |i| i.block_tokens.max(1));
+                let hashes = chains.entry(bt).or_insert_with(|| {
+                    kv::chain(req.cache_salt, req.tokens, bt as usize, usize::MAX)
+                });
+                (inst, predict(inst, req.tokens.len(), hashes))
+            })
+            .collect();
+        let pick = match self.policy {
+            Policy::RoundRobin => {
+                let i = self.next % scored.len();
+                self.next = self.next.wrapping_add(1);
+                i
+            }
+            Policy::LeastLoaded => argmin(&scored, |(inst, _)| load_of(inst) as f64),
+            Policy::PrefixAffinity => argmin(&scored, |(inst, p)| {
+                let cached = p.map_or(0, |p| p.cached_tokens);
+                // Most cached first; load breaks ties.
+                -(f64::from(cached)) * 1e6 + load_of(inst) as f64
+            }),
+            Policy::PredictedTtft => {
+                let i = argmin(&scored, |(_, p)| {
+                    p.map_or(f64::INFINITY, |p| p.total.as_secs_f64())
+                });
+                if let Some(p) = scored[i].1 {
+                    let slo = Duration::from_secs_f64(req.slo.ttft_ms / 1e3);
+                    if p.total > slo {
+                        let over = p.total - slo;
+                        let retry_after =
+                            Duration::from_secs(over.as_secs_f64().ceil().max(1.0) as u64)
+                                .min(MAX_RETRY_AFTER);
+                        return Err(PlaceError::Overloaded {
+                            best: p.total,
+                            retry_after,
+                        });
+                    }
+                }
+                i
+            }
+        };
+        let (inst, prediction) = scored[pick];
+        Ok(Choice {
+            instance: inst.id.clone(),
+            prediction,
+        })
+    }
+}
+
+/// Requests on an instance: the node's queue and batch, plus what this router sent since.
+fn load_of(inst: &InstanceState) -> u64 {
+    let reported = inst
+        .load
+        .as_ref()
+        .map_or(0, |l| u64::from(l.waiting) + u64::from(l.running));
+    reported.max(u64::from(inst.inflight))
+}
+
+/// The index of the smallest score; the first on ties.
+fn argmin<T>(items: &[T], score: impl Fn(&T) -> f64) -> usize {
+    let mut best = (0, f64::INFINITY);
+    for (i, item) in items.iter().enumerate() {
+        let s = score(item);
+        if s < best.1 || (i == 0 && s.is_infinite()) {
+            best = (i, s);
+        }
+    }
+    best.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_transport::proto::{
+        CostProfile, DecodeCoeffs, LoadReport, NodeInfo, PrefillCoeffs, TransferCoeffs,
+        WireKvEvent,
+    };
+
+    const SILENCE: Duration = Duration::from_secs(1);
+
+    fn cost() -> CostProfile {
+        CostProfile {
+            prefill: PrefillCoeffs {
+                a0: 0.0,
+                a1: 1e-5,
+                a2: 0.0,
+            },
+            decode: DecodeCoeffs {
+                d0: 1e-4,
+                d1: 0.0,
+                d2: 0.0,
+            },
+            transfer: TransferCoeffs {
+                t0: 0.0,
+                bw_bytes_per_s: 1e10,
+            },
+            step_overhead_s: 0.0,
+        }
+    }
+
+    fn report(wait_ms: u64, waiting: u32) -> LoadReport {
+        LoadReport {
+            seq: 1,
+            at_us: 0,
+            waiting,
+            running: 0,
+            waiting_prefill_tokens: 0,
+            gpu_free_blocks: 100,
+            host_free_blocks: 100,
+            predicted_queue_wait_us: wait_ms * 1000,
+            cost: cost(),
+        }
+    }
+
+    fn view(now: Instant, waits_ms: &[u64]) -> ClusterView {
+        let mut v = ClusterView::new(
+            (0..waits_ms.len()).map(|i| (format!("n{i}"), "m".to_string(), format!("n{i}"))),
+        );
+        for (i, &w) in waits_ms.iter().enumerate() {
+            let node = format!("n{i}");
+            v.handle_hello(
+                &node,
+                NodeInfo {
+                    node: node.clone(),
+                    model: "m".into(),
+                    executor: "sim".into(),
+                    vocab_size: 512,
+                    num_layers: 2,
+                    max_seq_tokens: 8192,
+                    block_tokens: 4,
+                    block_bytes: 1024,
+                    gpu_blocks: 100,
+                    host_blocks: 100,
+                    eos_tokens: vec![],
+                },
+            );
+            v.handle_load(&node, report(w, w as u32), now, Duration::ZERO);
+        }
+        v
+    }
+
+    fn req<'a>(tokens: &'a [u32], slo: &'a SloClass, exclude: &'a [String]) -> PlaceRequest<'a> {
+        PlaceRequest {
+            model: "m",
+            tokens,
+            cache_salt: 0,
+            slo,
+            exclude,
+        }
+    }
+
+    #[test]
+    fn predicted_ttft_picks_the_shortest_queue_and_rejects_past_the_slo() {
+        let now = Instant::now();
+        let v = view(now, &[300, 20, 900]);
+        let slo = SloClass::default();
+        let tokens: Vec<u32> = (0..100).collect();
+        let mut p = Placer::new(Policy::PredictedTtft, SILENCE);
+        let c = p.place(&v, &req(&tokens, &slo, &[]), now).expect("placed");
+        assert_eq!(c.instance, "n1");
+        // Excluding the best moves to the next best.
+        let ex = ["n1".to_string()];
+        let c = p.place(&v, &req(&tokens, &slo, &ex), now).expect("placed");
+        assert_eq!(c.instance, "n0");
+        let tight = SloClass {
+            ttft_ms: 10.0,
+            ..SloClass::default()
+        };
+        match p.place(&v, &req(&tokens, &tight, &[]), now) {
+            Err(PlaceError::Overloaded { best, retry_after }) => {
+                assert!(best > Duration::from_millis(20));
+                assert_eq!(retry_after, Duration::from_secs(1));
+            }
+            other => panic!("expected Overloaded, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn round_robin_cycles_and_skips_unhealthy() {
+        let now = Instant::now();
+        let mut v = view(now, &[0, 0, 0]);
+        v.handle_disconnect("n1");
+        let slo = SloClass::default();
+        let mut p = Placer::new(Policy::RoundRobin, SILENCE);
+        let picks: Vec<_> = (0..4)
+            .map(|_| {
+                p.place(&v, &req(&[1, 2, 3], &slo, &[]), now)
+                    .expect("placed")
+                    .instance
+            })
+            .collect();
+        assert_eq!(picks, ["n0", "n2", "n0", "n2"]);
+        let all = ["n0".to_string(), "n2".to_string()];
+        assert_eq!(
+            p.place(&v, &req(&[1], &slo, &all), now),
+            Err(PlaceError::Unavailable)
+        );
+        // Silent nodes are unhealthy too.
+        assert_eq!(
+            p.place(&v, &req(&[1], &slo, &[]), now + 2 * SILENCE),
+            Err(PlaceError::Unavailable)
+        );
+    }
+
+    #[test]
+    fn least_loaded_and_prefix_affinity() {
+        let now = Instant::now();
+        let mut v = view(now, &[5, 1, 3]);
+        let slo = SloClass::default();
+        let tokens: Vec<u32> = (0..16).collect();
+        let mut ll = Placer::new(Policy::LeastLoaded, SILENCE);
+        assert_eq!(
+            ll.place(&v, &req(&tokens, &slo, &[]), now)
+                .expect("placed")
+                .instance,
+            "n1"
+        );
+        // n2 holds the whole prompt's first two blocks on both layers.
+        let hashes = kv::chain(0, &tokens, 4, usize::MAX);
+        let ev: Vec<_> = hashes[..2]
+            .iter()
+            .flat_map(|&hash| (0..2).map(move |layer| WireKvEvent::Stored { tier: 0, hash, layer }))
+            .collect();
+        v.handle_kv_events("n2", &ev);
+        let mut pa = Placer::new(Policy::PrefixAffinity, SILENCE);
+        let c = pa.place(&v, &req(&tokens, &slo, &[]), now).expect("placed");
+        assert_eq!(c.instance, "n2");
+        assert_eq!(c.prediction.map(|p| p.cached_tokens), Some(8));
+    }
+
+    #[test]
+    fn policy_names_parse() {
+        for (s, p) in [
+            ("round_robin", Policy::RoundRobin),
+            ("least_loaded", Policy::LeastLoaded),
+            ("prefix_affinity", Policy::PrefixAffinity),
+            ("predicted_ttft", Policy::PredictedTtft),
+        ] {
+            assert_eq!(s.parse::<Policy>(), Ok(p));
+        }
+        assert!("fastest".parse::<Policy>().is_err());
+    }
+}
