@@ -1,11 +1,13 @@
 //! Benchmarks.
 //!
 //! - [`engine`] — the node engine in-process: baseline vs layer-wise on one workload.
+//! - [`http`] — open-loop streaming load on an OpenAI-compatible HTTP endpoint.
 //! - [`workload`] — Poisson arrivals with uniform prompt and output lengths.
 //! - [`stats`] — percentiles, per-mode reports, the JSON document.
 //! - [`transport`] — QUIC vs TCP bulk throughput between two processes.
 
 mod engine;
+mod http;
 mod stats;
 mod transport;
 mod workload;
@@ -22,6 +24,11 @@ pub enum BenchCommand {
     /// modelled on `sim`), and idle gaps are skipped, so the run takes about as long as the
     /// compute it does.
     Engine(engine::EngineArgs),
+    /// Send open-loop Poisson load of streaming completions to an OpenAI-compatible endpoint
+    /// (a Strata router, or any other server) and report TTFT, TPOT, end-to-end latency,
+    /// throughput, SLO attainment, goodput, 429s, and how the router spread the requests.
+    #[command(after_long_help = http::HELP)]
+    Http(http::HttpArgs),
     /// Move `--gib` GiB between two processes on loopback over QUIC (the cluster's
     /// mutual-TLS endpoints) and over plain TCP in one run; print both rates and their ratio.
     Transport(transport::TransportArgs),
@@ -33,6 +40,7 @@ pub enum BenchCommand {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Engine(args) => engine::run(args),
+        BenchCommand::Http(args) => http::run(args),
         BenchCommand::Transport(args) => transport::run(args),
         BenchCommand::TransportPeer(args) => transport::peer(args),
     }
