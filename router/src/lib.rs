@@ -15,7 +15,11 @@
 //! - [`forward`] — links to nodes, request streams, cancellation and failover.
 
 pub mod config;
+pub mod detok;
 pub mod generation;
+pub mod http;
+pub mod metrics;
 pub mod place;
 pub mod predict;
+pub mod template;
 pub mod view;
