@@ -11,9 +11,12 @@
 //!   from a cost profile) implementations.
 //! - [`engine`] — the [`engine::Engine`]: scheduler + block manager + executor, stepped by a
 //!   clock it is given.
+//! - [`service`] — the QUIC node service: `NodeConfig`, the engine on its own thread as an
+//!   actor, request and subscription streams, clean shutdown.
 
 pub mod engine;
 pub mod exec;
 pub mod kv;
 pub mod model;
 pub mod sched;
+pub mod service;

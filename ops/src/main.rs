@@ -4,9 +4,11 @@
 //! Module map:
 //! - [`bench`] — benchmarks (`strata bench engine`: baseline vs layer-wise, in one run).
 //! - [`certs`] — the cluster CA and member certificates (`strata certs init`).
+//! - [`node`] — a node service (`strata node --config`).
 
 mod bench;
 mod certs;
+mod node;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +23,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a node: a model on an executor, served to routers over QUIC with mutual TLS.
+    Node(node::NodeArgs),
     /// Measure Strata: load generators and side-by-side comparisons.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -32,6 +36,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Node(args) => node::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Certs(cmd) => certs::run(cmd),
     }

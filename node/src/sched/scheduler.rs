@@ -135,6 +135,17 @@ impl Scheduler {
         !self.waiting.is_empty() || !self.running.is_empty()
     }
 
+    /// Prompt tokens not yet prefilled, one entry per request that has some: the waiting
+    /// requests, then running sequences whose chunked prefill is under way.
+    pub fn pending_prefill_tokens(&self) -> impl Iterator<Item = usize> + '_ {
+        self.waiting
+            .iter()
+            .chain(&self.running)
+            .filter_map(|id| self.seqs.get(id))
+            .map(|s| s.req.prompt.len().saturating_sub(s.prefilled))
+            .filter(|&n| n > 0)
+    }
+
     fn order_key(&self, id: SeqId) -> (std::cmp::Reverse<u8>, Duration, SeqId) {
         let r = &self.seqs[&id].req;
         (std::cmp::Reverse(r.slo.priority), r.arrival, id)

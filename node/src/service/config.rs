@@ -1,0 +1,369 @@
+//! `NodeConfig`: what a node serves, where, and within which limits. Read from TOML by
+//! `strata node --config FILE`; every field has a default, and [`NodeConfig::validate`] names
+//! the first bad value.
+//!
+//! ```toml
+//! id = "node-1"
+//! listen = "127.0.0.1:7001"
+//! model = "tiny"              # a preset (tiny, llama-3-8b, llama-3-70b) or an HF directory
+//! executor = "cpu"            # cpu | sim
+//!
+//! [tls]
+//! dir = "certs"               # as written by `strata certs init`
+//! member = "node-1"           # default: id
+//!
+//! [scheduler]
+//! mode = "layerwise"          # layerwise | baseline
+//! ```
+
+use crate::sched::{Mode, SchedulerConfig, StreamDecode};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Which executor runs the steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// Real f32 math on the CPU with the model's weights.
+    Cpu,
+    /// No math: step times from the cost profile, in real time; no weights are allocated.
+    Sim,
+}
+
+impl ExecutorKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExecutorKind::Cpu => "cpu",
+            ExecutorKind::Sim => "sim",
+        }
+    }
+}
+
+/// Where the node's certificate, key and the cluster CA are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Directory with `ca.pem`, `<member>.pem` and `<member>.key`.
+    pub dir: PathBuf,
+    /// The member name of the node's certificate; `None`: the node's `id`.
+    pub member: Option<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            dir: PathBuf::from("certs"),
+            member: None,
+        }
+    }
+}
+
+/// Scheduler policy and limits (see [`SchedulerConfig`] for each field's meaning).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedSettings {
+    /// `layerwise` or `baseline`.
+    #[serde(with = "mode_str")]
+    pub mode: Mode,
+    pub max_batch_seqs: usize,
+    pub max_prefill_tokens: usize,
+    /// 0: prefill a whole prompt in one step.
+    pub prefill_chunk_tokens: usize,
+    /// Waiting requests; more are rejected with `QueueFull`.
+    pub max_waiting: usize,
+    /// Prompt plus output tokens of one sequence; `None`: the model's context.
+    pub max_seq_tokens: Option<usize>,
+    /// GPU blocks kept free for decode growth; `None`: max(layers, 1% of the GPU tier).
+    pub watermark_blocks: Option<usize>,
+    /// `auto`, `always` or `never`.
+    #[serde(with = "stream_str")]
+    pub stream_decode: StreamDecode,
+}
+
+impl Default for SchedSettings {
+    fn default() -> Self {
+        let d = SchedulerConfig::default();
+        SchedSettings {
+            mode: d.mode,
+            max_batch_seqs: d.max_batch_seqs,
+            max_prefill_tokens: d.max_prefill_tokens,
+            prefill_chunk_tokens: d.prefill_chunk_tokens,
+            max_waiting: d.max_waiting,
+            max_seq_tokens: None,
+            watermark_blocks: None,
+            stream_decode: d.stream_decode,
+        }
+    }
+}
+
+/// Bounds on what peers may make the node hold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Open QUIC connections; more are refused.
+    pub max_connections: usize,
+    /// Concurrent bidirectional streams a peer may open on one connection.
+    pub max_streams_per_connection: u32,
+    /// Largest frame the node reads, bytes.
+    pub max_frame_bytes: usize,
+    /// How long a new stream may take to send its first frame, ms.
+    pub first_frame_timeout_ms: u64,
+    /// On shutdown, how long in-flight requests may run to their end before they are
+    /// cancelled, ms.
+    pub shutdown_grace_ms: u64,
+    /// Largest `logprobs` a request may ask for.
+    pub max_logprobs: u8,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 256,
+            max_streams_per_connection: 1024,
+            max_frame_bytes: 4 << 20,
+            first_frame_timeout_ms: 10_000,
+            shutdown_grace_ms: 5_000,
+            max_logprobs: 20,
+        }
+    }
+}
+
+/// See the module doc.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node's id in the cluster.
+    pub id: String,
+    /// UDP address of the QUIC endpoint; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// A preset name or an HF checkpoint directory.
+    pub model: String,
+    /// The name routers use for the model; `None`: the preset name or the directory's name.
+    pub model_name: Option<String>,
+    pub executor: ExecutorKind,
+    pub tls: TlsConfig,
+    /// GPU tier budget, MiB (staging included); `None`: 1024 on `cpu`, an H200's (90% of
+    /// 140 GiB less the weights) on `sim`.
+    pub gpu_mib: Option<u64>,
+    /// Host tier budget, MiB; `None`: 2048 on `cpu`, 256 GiB on `sim`.
+    pub host_mib: Option<u64>,
+    /// Tokens per KV block.
+    pub block_tokens: usize,
+    /// A cost profile (TOML). `None`: a quick calibration on `cpu`, the analytic H200
+    /// roofline on `sim`.
+    pub profile: Option<PathBuf>,
+    pub scheduler: SchedSettings,
+    /// Interval of load reports to subscribers, ms.
+    pub load_report_ms: u64,
+    /// Seeds a preset's random weights and the `sim` executor's tokens.
+    pub seed: u64,
+    pub limits: Limits,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: "node-1".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            model: "tiny".into(),
+            model_name: None,
+            executor: ExecutorKind::Cpu,
+            tls: TlsConfig::default(),
+            gpu_mib: None,
+            host_mib: None,
+            block_tokens: 16,
+            profile: None,
+            scheduler: SchedSettings::default(),
+            load_report_ms: 100,
+            seed: 0,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be read or cannot work.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    /// The TOML is malformed or names unknown keys.
+    #[error("{path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    /// A name that must be non-empty letters, digits, '-', '_' or '.'.
+    #[error("{field} {value:?}: use letters, digits, '-', '_' and '.'")]
+    BadName { field: &'static str, value: String },
+    /// The model field is empty.
+    #[error("model is empty: give a preset (tiny, llama-3-8b, …) or a checkpoint directory")]
+    NoModel,
+    /// A limit that must be positive is zero.
+    #[error("{field} must be at least 1")]
+    Zero { field: &'static str },
+    /// A value outside its allowed range.
+    #[error("{field} = {value} is outside {min}..={max}")]
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+}
+
+/// Bounds of the numeric settings, `(min, max)`.
+const BLOCK_TOKENS: (u64, u64) = (1, 1024);
+const LOAD_REPORT_MS: (u64, u64) = (1, 60_000);
+const MAX_FRAME_BYTES: (u64, u64) = (4 << 10, 1 << 30);
+
+fn check_name(field: &'static str, value: &str) -> Result<(), ConfigError> {
+    let ok = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::BadName {
+            field,
+            value: value.to_string(),
+        })
+    }
+}
+
+fn check_range(field: &'static str, value: u64, (min, max): (u64, u64)) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            field,
+            value,
+            min,
+            max,
+        })
+    }
+}
+
+impl NodeConfig {
+    /// Parses TOML text; `path` names it in errors. Does not validate.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<NodeConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Reads, parses and validates a TOML file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let cfg = NodeConfig::from_toml_str(&text, path)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The certificate's member name: `tls.member`, else `id`.
+    pub fn member(&self) -> &str {
+        self.tls.member.as_deref().unwrap_or(&self.id)
+    }
+
+    /// The model name routers use: `model_name`, else the preset name or the directory's
+    /// last component.
+    pub fn model_name(&self) -> String {
+        if let Some(name) = &self.model_name {
+            return name.clone();
+        }
+        let trimmed = self.model.trim_end_matches('/');
+        Path::new(trimmed)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(trimmed)
+            .to_string()
+    }
+
+    /// Checks every field that can be checked without the filesystem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_name("id", &self.id)?;
+        check_name("tls.member", self.member())?;
+        if self.model.trim().is_empty() {
+            return Err(ConfigError::NoModel);
+        }
+        if let Some(name) = &self.model_name {
+            check_name("model_name", name)?;
+        }
+        check_range("block_tokens", self.block_tokens as u64, BLOCK_TOKENS)?;
+        check_range("load_report_ms", self.load_report_ms, LOAD_REPORT_MS)?;
+        check_range(
+            "limits.max_frame_bytes",
+            self.limits.max_frame_bytes as u64,
+            MAX_FRAME_BYTES,
+        )?;
+        let s = &self.scheduler;
+        for (field, v) in [
+            ("gpu_mib", self.gpu_mib.unwrap_or(1)),
+            ("host_mib", self.host_mib.unwrap_or(1)),
+            ("scheduler.max_batch_seqs", s.max_batch_seqs as u64),
+            ("scheduler.max_prefill_tokens", s.max_prefill_tokens as u64),
+            ("scheduler.max_waiting", s.max_waiting as u64),
+            (
+                "scheduler.max_seq_tokens",
+                s.max_seq_tokens.unwrap_or(1) as u64,
+            ),
+            ("limits.max_connections", self.limits.max_connections as u64),
+            (
+                "limits.max_streams_per_connection",
+                u64::from(self.limits.max_streams_per_connection),
+            ),
+            (
+                "limits.first_frame_timeout_ms",
+                self.limits.first_frame_timeout_ms,
+            ),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero { field });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads and writes a [`Mode`] as its name.
+mod mode_str {
+    use crate::sched::Mode;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &Mode, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(m.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads and writes a [`StreamDecode`] policy as its name.
+mod stream_str {
+    use crate::sched::StreamDecode;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &StreamDecode, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match p {
+            StreamDecode::Auto => "auto",
+            StreamDecode::Always => "always",
+            StreamDecode::Never => "never",
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StreamDecode, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -1,0 +1,149 @@
+//! Tests of `NodeConfig` parsing and validation.
+
+use super::*;
+
+fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+    NodeConfig::from_toml_str(text, Path::new("node.toml"))
+}
+
+#[test]
+fn empty_file_is_the_default_and_valid() {
+    let cfg = parse("").unwrap();
+    assert_eq!(cfg, NodeConfig::default());
+    assert_eq!(cfg.validate(), Ok(()));
+    assert_eq!(cfg.member(), "node-1");
+    assert_eq!(cfg.model_name(), "tiny");
+    assert_eq!(cfg.load_report_ms, 100);
+    assert_eq!(cfg.scheduler.mode, Mode::Layerwise);
+}
+
+#[test]
+fn parses_every_section() {
+    let cfg = parse(
+        r#"
+        id = "node-7"
+        listen = "0.0.0.0:0"
+        model = "/models/Llama-3.1-8B-Instruct/"
+        executor = "sim"
+        gpu_mib = 4096
+        host_mib = 8192
+        block_tokens = 32
+        load_report_ms = 50
+        seed = 9
+        [tls]
+        dir = "/etc/strata/certs"
+        member = "gpu-box-7"
+        [scheduler]
+        mode = "baseline"
+        max_waiting = 10
+        max_seq_tokens = 8192
+        stream_decode = "never"
+        [limits]
+        max_connections = 4
+        "#,
+    )
+    .unwrap();
+    assert_eq!(cfg.validate(), Ok(()));
+    assert_eq!(cfg.executor, ExecutorKind::Sim);
+    assert_eq!(cfg.listen.port(), 0);
+    assert_eq!(cfg.member(), "gpu-box-7");
+    assert_eq!(cfg.model_name(), "Llama-3.1-8B-Instruct");
+    assert_eq!(cfg.scheduler.mode, Mode::Baseline);
+    assert_eq!(cfg.scheduler.stream_decode, StreamDecode::Never);
+    assert_eq!(cfg.scheduler.max_seq_tokens, Some(8192));
+    assert_eq!(
+        cfg.scheduler.max_batch_seqs, 256,
+        "unset keys keep defaults"
+    );
+    assert_eq!(cfg.limits.max_connections, 4);
+    assert_eq!(cfg.gpu_mib, Some(4096));
+    // Round trip through TOML.
+    let text = toml::to_string(&cfg).unwrap();
+    assert_eq!(parse(&text).unwrap(), cfg);
+}
+
+#[test]
+fn typos_and_bad_values_are_parse_errors() {
+    let err = parse("listn = \"127.0.0.1:1\"").unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Parse { reason, .. } if reason.contains("listn")),
+        "{err}"
+    );
+    assert!(matches!(
+        parse("executor = \"gpu\""),
+        Err(ConfigError::Parse { .. })
+    ));
+    let err = parse("[scheduler]\nmode = \"fast\"").unwrap_err();
+    assert!(err.to_string().contains("layerwise"), "{err}");
+    assert!(matches!(
+        parse("listen = \"localhost\""),
+        Err(ConfigError::Parse { .. })
+    ));
+}
+
+#[test]
+fn validate_names_the_bad_value() {
+    let bad = |f: fn(&mut NodeConfig)| {
+        let mut cfg = NodeConfig::default();
+        f(&mut cfg);
+        cfg.validate().unwrap_err()
+    };
+    assert_eq!(
+        bad(|c| c.id = "node 1".into()),
+        ConfigError::BadName {
+            field: "id",
+            value: "node 1".into()
+        }
+    );
+    assert_eq!(
+        bad(|c| c.load_report_ms = 0),
+        ConfigError::OutOfRange {
+            field: "load_report_ms",
+            value: 0,
+            min: 1,
+            max: 60_000
+        }
+    );
+    assert_eq!(
+        bad(|c| c.gpu_mib = Some(0)),
+        ConfigError::Zero { field: "gpu_mib" }
+    );
+    assert_eq!(
+        bad(|c| c.scheduler.max_waiting = 0),
+        ConfigError::Zero {
+            field: "scheduler.max_waiting"
+        }
+    );
+    assert_eq!(bad(|c| c.model = " ".into()), ConfigError::NoModel);
+    assert!(matches!(
+        bad(|c| c.block_tokens = 0),
+        ConfigError::OutOfRange {
+            field: "block_tokens",
+            ..
+        }
+    ));
+    assert!(matches!(
+        bad(|c| c.tls.member = Some(String::new())),
+        ConfigError::BadName {
+            field: "tls.member",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn load_reads_and_validates_a_file() {
+    let dir = std::env::temp_dir().join(format!("strata-node-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("node.toml");
+    std::fs::write(&path, "id = \"n2\"\nload_report_ms = 0\n").unwrap();
+    assert!(matches!(
+        NodeConfig::load(&path),
+        Err(ConfigError::OutOfRange { value: 0, .. })
+    ));
+    std::fs::write(&path, "id = \"n2\"\n").unwrap();
+    assert_eq!(NodeConfig::load(&path).unwrap().id, "n2");
+    let missing = NodeConfig::load(&dir.join("nope.toml")).unwrap_err();
+    assert!(missing.to_string().contains("nope.toml"), "{missing}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

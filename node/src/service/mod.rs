@@ -1,0 +1,108 @@
+//! The node service: a QUIC server (mutual TLS) in front of one [`Engine`](crate::engine::Engine).
+//!
+//! How it fits together:
+//! - [`setup`] builds the engine from a [`NodeConfig`] (model, executor, pools, cost profile):
+//!   [`prepare`] is blocking work; [`Prepared::serve`] binds the endpoint and starts serving.
+//! - `engine_loop` runs the engine on its own OS thread, as an actor behind a bounded command
+//!   channel: it drains commands, steps while there is work and routes each request's events to
+//!   that request's bounded channel. It publishes load figures on a `watch` channel and prefix
+//!   cache changes on a `broadcast` channel.
+//! - `server` accepts connections and streams within [`Limits`](config::Limits), and reads the
+//!   first frame of each stream: `Generate` goes to `request`, `Subscribe` to `report`.
+//! - [`NodeService`] is the running service: its address, and a clean shutdown in phases.
+//!
+//! The protocol is `strata_transport::proto::msg`'s. A stream that misbehaves is closed with one
+//! of the [`codes`] and a log line; the node goes on serving every other stream.
+//!
+//! Stop tokens: a `Generate`'s `stop_tokens` is the whole set that ends generation. The node does
+//! not add the model's end-of-sequence ids; it announces them in `NodeInfo::eos_tokens` so a
+//! router can (and may leave them out, to ignore EOS).
+
+pub mod config;
+mod engine_loop;
+mod logprobs;
+mod report;
+mod request;
+mod server;
+pub mod setup;
+
+pub use config::{ConfigError, ExecutorKind, Limits, NodeConfig, SchedSettings, TlsConfig};
+pub use server::NodeService;
+pub use setup::{Prepared, prepare};
+
+/// Application error codes the node closes streams and connections with.
+pub mod codes {
+    /// A frame could not be decoded: truncated, too large, or not a valid message.
+    pub const BAD_FRAME: u32 = 0x10;
+    /// A valid message where the protocol does not allow it (e.g. a `Token` as a first frame).
+    pub const UNEXPECTED: u32 = 0x11;
+    /// A new stream sent no first frame in time.
+    pub const TIMEOUT: u32 = 0x12;
+    /// A subscriber fell too far behind the prefix-cache events; subscribe again for a fresh
+    /// snapshot.
+    pub const LAGGED: u32 = 0x13;
+    /// The request was cancelled (the node resets its send side when the peer went away).
+    pub const CANCELLED: u32 = 0x14;
+    /// Connection close: the node is shutting down.
+    pub const SHUTDOWN: u32 = 0x20;
+}
+
+/// A node that cannot start or could not shut down cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The certificates could not be loaded or used.
+    #[error(transparent)]
+    Tls(#[from] strata_transport::tls::TlsError),
+    /// The model could not be found or loaded.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    /// The cost profile file could not be read or parsed.
+    #[error("cost profile {path}: {reason}")]
+    Profile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// Calibration of the cpu executor failed.
+    #[error(transparent)]
+    Calibrate(#[from] crate::engine::calibrate::CalibrateError),
+    /// The executor refused the model or pools.
+    #[error(transparent)]
+    Exec(#[from] crate::exec::ExecError),
+    /// The engine refused its configuration.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// The model is too large for the cpu executor.
+    #[error(
+        "{model} has {params} layer parameters, too many for the cpu executor; use executor = \"sim\""
+    )]
+    TooLargeForCpu { model: String, params: usize },
+    /// `scheduler.max_seq_tokens` is past the model's context.
+    #[error("scheduler.max_seq_tokens = {max_seq_tokens} exceeds the model's context of {context}")]
+    ContextTooLong {
+        max_seq_tokens: usize,
+        context: usize,
+    },
+    /// The GPU budget cannot hold the staging area and one block per layer.
+    #[error(
+        "gpu_mib = {gpu_mib} holds {blocks} blocks of {block_bytes} bytes; staging needs {staging} and the layers {layers} more"
+    )]
+    GpuBudget {
+        gpu_mib: u64,
+        blocks: usize,
+        block_bytes: u64,
+        staging: usize,
+        layers: usize,
+    },
+    /// The endpoint could not be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
+    /// The engine thread could not start, or panicked.
+    #[error("engine thread: {0}")]
+    EngineThread(String),
+}

@@ -1,0 +1,280 @@
+//! Building a node's engine from its [`NodeConfig`]: model, KV layout, pools, cost profile and
+//! executor. Blocking work (weights, calibration): run it off the async runtime.
+//!
+//! Pools: the GPU budget (`gpu_mib`) pays for the staging area first (layer-wise mode: one
+//! longest sequence's blocks per layer), the rest is the GPU tier; `host_mib` is the host tier.
+//! `cpu` keeps KV in f32, `sim` in bf16 (a GPU's serving dtype).
+//!
+//! Cost profile: a `profile` file when given; else the analytic H200 roofline on `sim`, and on
+//! `cpu` a quick calibration of the very executor that will serve (prompts up to 1024 tokens,
+//! one repeat per point; well under a second for `tiny`).
+
+use super::ServiceError;
+use super::config::{ExecutorKind, NodeConfig};
+use crate::engine::calibrate::{CalibrationPlan, calibrate};
+use crate::engine::{Engine, EngineConfig};
+use crate::exec::cpu::CpuExecutor;
+use crate::exec::sim::SimExecutor;
+use crate::exec::{Executor, PoolSizes};
+use crate::kv::KvLayout;
+use crate::model::{ModelConfig, ModelSource};
+use crate::sched::{Mode, SchedulerConfig, roofline};
+use strata_transport::proto::{CostProfile, NodeInfo};
+use strata_transport::tls::Identity;
+
+/// GPU budget of a `cpu` node when `gpu_mib` is not given.
+pub const CPU_GPU_MIB: u64 = 1024;
+/// Host budget of a `cpu` node when `host_mib` is not given.
+pub const CPU_HOST_MIB: u64 = 2048;
+/// Device memory of an H200 as the driver reports it, MiB.
+pub const H200_MIB: u64 = 143_771;
+/// Share of device memory a `sim` node budgets for weights and KV (as vLLM's default).
+pub const SIM_GPU_UTILIZATION: f64 = 0.9;
+/// Host budget of a `sim` node when `host_mib` is not given: 256 GiB of pinned DRAM.
+pub const SIM_HOST_MIB: u64 = 256 << 10;
+/// Layer parameters past which the cpu executor is refused.
+pub const CPU_MAX_LAYER_PARAMS: usize = 2_000_000_000;
+
+/// An engine built from a config, with what the service reports about it.
+pub struct Prepared {
+    pub config: NodeConfig,
+    pub engine: Engine,
+    pub info: NodeInfo,
+    pub cost: CostProfile,
+    pub identity: Identity,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("info", &self.info)
+            .field("cost", &self.cost)
+            .finish_non_exhaustive()
+    }
+}
+
+fn layer_params(cfg: &ModelConfig) -> usize {
+    let (h, q, kv, ff) = (
+        cfg.hidden_size,
+        cfg.q_dim(),
+        cfg.kv_dim(),
+        cfg.intermediate_size,
+    );
+    cfg.num_layers * (h * (q + 2 * kv) + q * h + 3 * h * ff)
+}
+
+/// Bytes of a model's weights in its serving dtype (bf16 on a GPU).
+fn weight_bytes(cfg: &ModelConfig, dtype_bytes: usize) -> u64 {
+    let embed = cfg.vocab_size * cfg.hidden_size;
+    let head = if cfg.tie_word_embeddings { 0 } else { embed };
+    ((layer_params(cfg) + embed + head) * dtype_bytes) as u64
+}
+
+/// `(gpu_mib, host_mib)` after defaults.
+fn budgets_mib(cfg: &NodeConfig, model: &ModelConfig) -> (u64, u64) {
+    match cfg.executor {
+        ExecutorKind::Cpu => (
+            cfg.gpu_mib.unwrap_or(CPU_GPU_MIB),
+            cfg.host_mib.unwrap_or(CPU_HOST_MIB),
+        ),
+        ExecutorKind::Sim => {
+            let usable = (H200_MIB as f64 * SIM_GPU_UTILIZATION) as u64;
+            let weights = weight_bytes(model, 2) >> 20;
+            (
+                cfg.gpu_mib
+                    .unwrap_or(usable.saturating_sub(weights).max(1024)),
+                cfg.host_mib.unwrap_or(SIM_HOST_MIB),
+            )
+        }
+    }
+}
+
+fn scheduler_config(
+    cfg: &NodeConfig,
+    max_seq: usize,
+    staging: usize,
+    gpu: usize,
+    layers: usize,
+) -> SchedulerConfig {
+    let s = &cfg.scheduler;
+    SchedulerConfig {
+        mode: s.mode,
+        max_batch_seqs: s.max_batch_seqs,
+        max_prefill_tokens: s.max_prefill_tokens,
+        prefill_chunk_tokens: s.prefill_chunk_tokens,
+        max_waiting: s.max_waiting,
+        watermark_blocks: s.watermark_blocks.unwrap_or(layers.max(gpu / 100)),
+        staging_blocks: staging,
+        max_seq_tokens: max_seq,
+        stream_decode: s.stream_decode,
+    }
+}
+
+/// The cost profile: a file, the H200 roofline (`sim`), or a calibration of `exec` (`cpu`).
+fn cost_profile(
+    cfg: &NodeConfig,
+    model: &ModelConfig,
+    layout: KvLayout,
+    pools: PoolSizes,
+    exec: Option<&mut dyn Executor>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<CostProfile, ServiceError> {
+    if let Some(path) = &cfg.profile {
+        let bad = |reason: String| ServiceError::Profile {
+            path: path.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        return toml::from_str(&text).map_err(|e| bad(e.to_string()));
+    }
+    let Some(exec) = exec else {
+        return Ok(roofline::profile(model, &roofline::H200, 2));
+    };
+    // The largest plan that fits the pools; calibration writes blocks from index 0 up, and the
+    // engine's block manager starts afresh after it.
+    let plan = [1024, 256, 64]
+        .into_iter()
+        .map(|m| CalibrationPlan {
+            repeats: 1,
+            ..CalibrationPlan::for_prompts(m)
+        })
+        .find(|p| {
+            p.gpu_blocks_needed(&layout) <= pools.gpu_blocks
+                && p.host_blocks_needed() <= pools.host_blocks
+        });
+    let Some(plan) = plan else {
+        progress("pools too small to calibrate: using the H200 roofline as the cost profile");
+        return Ok(roofline::profile(
+            model,
+            &roofline::H200,
+            layout.dtype_bytes,
+        ));
+    };
+    progress("calibrating the cpu executor");
+    let (cost, _) = calibrate(
+        exec,
+        layout,
+        pools.gpu_blocks,
+        pools.host_blocks,
+        &plan,
+        |_, _| {},
+    )?;
+    Ok(cost)
+}
+
+/// Loads the model and builds the engine `cfg` describes. `progress` hears what takes time.
+pub fn prepare(cfg: NodeConfig, mut progress: impl FnMut(&str)) -> Result<Prepared, ServiceError> {
+    cfg.validate()?;
+    let identity = Identity::load(&cfg.tls.dir, cfg.member())?;
+    let source: ModelSource = cfg.model.parse()?;
+    let model = source.config()?;
+    let layers = model.num_layers;
+    let dtype_bytes = match cfg.executor {
+        ExecutorKind::Cpu => 4,
+        ExecutorKind::Sim => 2,
+    };
+    let layout = KvLayout::for_model(&model, cfg.block_tokens, dtype_bytes);
+    let max_seq = cfg
+        .scheduler
+        .max_seq_tokens
+        .unwrap_or(model.max_position_embeddings);
+    if max_seq > model.max_position_embeddings {
+        return Err(ServiceError::ContextTooLong {
+            max_seq_tokens: max_seq,
+            context: model.max_position_embeddings,
+        });
+    }
+
+    let (gpu_mib, host_mib) = budgets_mib(&cfg, &model);
+    let block_bytes = layout.block_bytes();
+    let budget = usize::try_from((gpu_mib << 20) / block_bytes).unwrap_or(usize::MAX);
+    let staging = match cfg.scheduler.mode {
+        Mode::Layerwise => layout.blocks_for(max_seq),
+        Mode::Baseline => 0,
+    };
+    if budget < staging + layers {
+        return Err(ServiceError::GpuBudget {
+            gpu_mib,
+            blocks: budget,
+            block_bytes,
+            staging,
+            layers,
+        });
+    }
+    let pools = PoolSizes {
+        gpu_blocks: budget - staging,
+        host_blocks: usize::try_from((host_mib << 20) / block_bytes).unwrap_or(usize::MAX),
+        staging_blocks: staging,
+    };
+
+    let (exec, cost): (Box<dyn Executor>, CostProfile) = match cfg.executor {
+        ExecutorKind::Sim => {
+            let cost = cost_profile(&cfg, &model, layout, pools, None, &mut progress)?;
+            let exec = SimExecutor::new(cost, layout, model.vocab_size as u32, cfg.seed);
+            (Box::new(exec), cost)
+        }
+        ExecutorKind::Cpu => {
+            let params = layer_params(&model);
+            if params > CPU_MAX_LAYER_PARAMS {
+                return Err(ServiceError::TooLargeForCpu {
+                    model: cfg.model.clone(),
+                    params,
+                });
+            }
+            progress(&format!("loading {}", cfg.model));
+            let loaded = source.load(cfg.seed, 0..layers)?;
+            let mut exec = CpuExecutor::new(&loaded.config, loaded.weights, layout, pools)?;
+            let cost = cost_profile(&cfg, &model, layout, pools, Some(&mut exec), &mut progress)?;
+            (Box::new(exec), cost)
+        }
+    };
+    let sched = scheduler_config(&cfg, max_seq, staging, pools.gpu_blocks, layers);
+    let engine = Engine::new(EngineConfig { sched, pools }, layout, cost, exec)?;
+    let info = NodeInfo {
+        node: cfg.id.clone(),
+        model: cfg.model_name(),
+        executor: cfg.executor.name().into(),
+        vocab_size: model.vocab_size as u32,
+        num_layers: layers as u32,
+        max_seq_tokens: max_seq as u32,
+        block_tokens: cfg.block_tokens as u32,
+        block_bytes,
+        gpu_blocks: pools.gpu_blocks as u64,
+        host_blocks: pools.host_blocks as u64,
+        eos_tokens: model.eos_token_ids.clone(),
+    };
+    Ok(Prepared {
+        config: cfg,
+        engine,
+        info,
+        cost,
+        identity,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Preset;
+
+    #[test]
+    fn sim_budget_is_an_h200_less_the_weights() {
+        let cfg = NodeConfig {
+            executor: ExecutorKind::Sim,
+            model: "llama-3-8b".into(),
+            ..NodeConfig::default()
+        };
+        let model = Preset::Llama3_8b.config();
+        // Llama 3 8B: ~16 GB of bf16 weights.
+        let w = weight_bytes(&model, 2) as f64 / 1e9;
+        assert!((15.5..16.5).contains(&w), "{w}");
+        let (gpu, host) = budgets_mib(&cfg, &model);
+        assert!((105_000..120_000).contains(&gpu), "{gpu}");
+        assert_eq!(host, SIM_HOST_MIB);
+        let tiny = NodeConfig::default();
+        assert_eq!(
+            budgets_mib(&tiny, &Preset::Tiny.config()),
+            (CPU_GPU_MIB, CPU_HOST_MIB)
+        );
+    }
+}
