@@ -4,11 +4,17 @@
 //! Module map:
 //! - [`bench`] — benchmarks (`strata bench engine`: baseline vs layer-wise, in one run).
 //! - [`certs`] — the cluster CA and member certificates (`strata certs init`).
+//! - [`up`] — a whole local cluster in one command (`strata up`).
+//! - [`router_cmd`] — the router service (`strata router --config`).
 //! - [`node`] — a node service (`strata node --config`).
+//! - [`logging`] — log setup of the long-running services.
 
 mod bench;
 mod certs;
+mod logging;
 mod node;
+mod router_cmd;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +29,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a whole local cluster: a router and N nodes, each its own process.
+    Up(up::UpArgs),
+    /// Run a router: the OpenAI-compatible HTTP endpoint with TTFT-predictive placement.
+    Router(router_cmd::RouterArgs),
     /// Run a node: a model on an executor, served to routers over QUIC with mutual TLS.
     Node(node::NodeArgs),
     /// Measure Strata: load generators and side-by-side comparisons.
@@ -36,6 +46,8 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Up(args) => up::run(args),
+        Command::Router(args) => router_cmd::run(args),
         Command::Node(args) => node::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Certs(cmd) => certs::run(cmd),

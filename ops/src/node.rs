@@ -67,18 +67,8 @@ pub struct NodeArgs {
     config: PathBuf,
 }
 
-/// `RUST_LOG` (default `info`) to stderr; stdout carries only the ready line.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
-    init_logging();
+    crate::logging::init();
     let cfg = NodeConfig::load(&args.config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

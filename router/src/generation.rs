@@ -25,6 +25,8 @@ pub struct Generation {
     pub logprobs: u8,
     /// Separates tenants in the prefix cache (a hash of the OpenAI `user`, 0 without one).
     pub cache_salt: u64,
+    /// Generate past the model's end-of-sequence tokens (to `max_tokens`).
+    pub ignore_eos: bool,
 }
 
 /// One event of a generation, in order: tokens, then exactly one `Finish` or `Failed`.

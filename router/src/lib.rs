@@ -16,10 +16,12 @@
 
 pub mod config;
 pub mod detok;
+pub mod forward;
 pub mod generation;
 pub mod http;
 pub mod metrics;
 pub mod place;
 pub mod predict;
+pub mod server;
 pub mod template;
 pub mod view;

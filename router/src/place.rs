@@ -52,6 +52,9 @@ pub struct PlaceRequest<'a> {
     pub slo: &'a SloClass,
     /// Instances this request already failed on.
     pub exclude: &'a [String],
+    /// Reject when the best prediction misses the TTFT SLO (`predicted_ttft` only). A
+    /// failover never does: the client already has part of its answer.
+    pub enforce_slo: bool,
 }
 
 /// The chosen instance, with its prediction (when it had reported).
@@ -113,9 +116,7 @@ impl Placer {
             .instances()
             .iter()
             .filter(|i| {
-                i.model == req.model
-                    && i.healthy(now, self.silence)
-                    && !req.exclude.contains(&i.id)
+                i.model == req.model && i.healthy(now, self.silence) && !req.exclude.contains(&i.id)
             })
             .collect();
         if candidates.is_empty() {
@@ -149,7 +150,7 @@ impl Placer {
                 let i = argmin(&scored, |(_, p)| {
                     p.map_or(f64::INFINITY, |p| p.total.as_secs_f64())
                 });
-                if let Some(p) = scored[i].1 {
+                if let Some(p) = scored[i].1.filter(|_| req.enforce_slo) {
                     let slo = Duration::from_secs_f64(req.slo.ttft_ms / 1e3);
                     if p.total > slo {
                         let over = p.total - slo;
@@ -198,8 +199,7 @@ fn argmin<T>(items: &[T], score: impl Fn(&T) -> f64) -> usize {
 mod tests {
     use super::*;
     use strata_transport::proto::{
-        CostProfile, DecodeCoeffs, LoadReport, NodeInfo, PrefillCoeffs, TransferCoeffs,
-        WireKvEvent,
+        CostProfile, DecodeCoeffs, LoadReport, NodeInfo, PrefillCoeffs, TransferCoeffs, WireKvEvent,
     };
 
     const SILENCE: Duration = Duration::from_secs(1);
@@ -272,6 +272,7 @@ mod tests {
             cache_salt: 0,
             slo,
             exclude,
+            enforce_slo: true,
         }
     }
 
@@ -345,7 +346,13 @@ mod tests {
         let hashes = kv::chain(0, &tokens, 4, usize::MAX);
         let ev: Vec<_> = hashes[..2]
             .iter()
-            .flat_map(|&hash| (0..2).map(move |layer| WireKvEvent::Stored { tier: 0, hash, layer }))
+            .flat_map(|&hash| {
+                (0..2).map(move |layer| WireKvEvent::Stored {
+                    tier: 0,
+                    hash,
+                    layer,
+                })
+            })
             .collect();
         v.handle_kv_events("n2", &ev);
         let mut pa = Placer::new(Policy::PrefixAffinity, SILENCE);

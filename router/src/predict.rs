@@ -189,14 +189,20 @@ mod tests {
     #[test]
     fn placed_tokens_and_correction_raise_the_prediction() {
         let mut v = setup();
-        let base = predict(&v.instances()[0], 1000, &[]).expect("reported").total;
+        let base = predict(&v.instances()[0], 1000, &[])
+            .expect("reported")
+            .total;
         v.handle_placed("n", 4000);
-        let queued = predict(&v.instances()[0], 1000, &[]).expect("reported").total;
+        let queued = predict(&v.instances()[0], 1000, &[])
+            .expect("reported")
+            .total;
         assert!(queued > base);
         for _ in 0..30 {
             v.handle_first_token("n", Duration::from_millis(10), Duration::from_millis(40));
         }
-        let corrected = predict(&v.instances()[0], 1000, &[]).expect("reported").total;
+        let corrected = predict(&v.instances()[0], 1000, &[])
+            .expect("reported")
+            .total;
         assert!(corrected > queued);
     }
 }

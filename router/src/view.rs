@@ -306,7 +306,10 @@ mod tests {
         }
         assert!(v.instances()[0].correction <= CORRECTION_RANGE.1);
         let c2 = v.instances()[1].correction;
-        assert!((c2 - 2.0).abs() < 0.05, "converges to observed/raw = 2, got {c2}");
+        assert!(
+            (c2 - 2.0).abs() < 0.05,
+            "converges to observed/raw = 2, got {c2}"
+        );
         v.handle_placed("node-1", 100);
         assert_eq!(v.instances()[0].inflight, 1);
         assert_eq!(v.instances()[0].placed_tokens_since_report, 100);

@@ -47,6 +47,8 @@ pub struct SamplingFields {
     pub n: Option<i64>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    /// Extension (as in vLLM): keep generating past end-of-sequence tokens, to `max_tokens`.
+    pub ignore_eos: Option<bool>,
 }
 
 /// A completion prompt: text or token ids, alone or as a batch of one.

@@ -32,6 +32,7 @@ pub(crate) struct Checked {
     pub cache_salt: u64,
     pub stream: bool,
     pub include_usage: bool,
+    pub ignore_eos: bool,
 }
 
 /// Parses a JSON body, mapping an over-limit body to 413 and anything else to 400.
@@ -136,6 +137,7 @@ pub(crate) fn check(
         logprobs,
         cache_salt: fields.user.as_deref().map_or(0, cache_salt),
         stream: fields.stream.unwrap_or(false),
+        ignore_eos: fields.ignore_eos.unwrap_or(false),
         include_usage: fields
             .stream_options
             .as_ref()
@@ -215,6 +217,7 @@ pub(crate) fn generation(
         // The sampled token's log-probability comes with top-k of at least 1.
         logprobs: checked.logprobs.map_or(0, |k| k.max(1)),
         cache_salt: checked.cache_salt,
+        ignore_eos: checked.ignore_eos,
     })
 }
 

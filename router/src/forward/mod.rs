@@ -1,0 +1,514 @@
+//! Forwarding: places a request, streams it to the instance's driver node, relays its tokens,
+//! and fails over.
+//!
+//! - [`link`] — one QUIC connection per node, kept up by a subscription to its load reports.
+//! - [`attempt`] — one request stream on one instance.
+//!
+//! **Failover.** When the node dies mid-stream (its link drops, the stream breaks, or it fails
+//! the request), the request is placed again, excluding instances it already failed on, with
+//! the prompt plus the tokens already sent as the new prompt and `max_tokens` reduced by them.
+//! Greedy decoding then continues the text exactly: no gap, no duplicate. At most
+//! `limits.max_attempts` instances are tried.
+
+pub mod attempt;
+pub mod link;
+
+use crate::config::{Limits, RouterConfig};
+use crate::generation::{
+    Backend, FinishReason, GenError, GenEvent, GenStream, Generation, ModelCard, Usage,
+};
+use crate::metrics::Metrics;
+use crate::place::{Choice, PlaceError, PlaceRequest, Placer};
+use crate::view::ClusterView;
+use attempt::Attempt;
+use futures_util::future::BoxFuture;
+use link::{NodeLink, lock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use strata_transport::proto::{
+    GenerateRequest, Message, RejectReason, RequestId, WireFinishReason,
+};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// How long a failover waits for some instance to become placeable.
+const FAILOVER_WAIT: Duration = Duration::from_secs(5);
+/// How often a waiting failover looks again.
+const FAILOVER_POLL: Duration = Duration::from_millis(20);
+
+/// One deployed instance: its id, model and stage nodes (driver first).
+#[derive(Debug, Clone)]
+struct InstanceSpec {
+    id: String,
+    driver: String,
+}
+
+struct Shared {
+    view: Arc<Mutex<ClusterView>>,
+    placer: Mutex<Placer>,
+    links: HashMap<String, Arc<NodeLink>>,
+    instances: Vec<InstanceSpec>,
+    models: Vec<String>,
+    limits: Limits,
+    inflight: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    next_id: AtomicU64,
+}
+
+/// The router's [`Backend`]: see the module doc.
+#[derive(Clone)]
+pub struct Forwarder {
+    shared: Arc<Shared>,
+}
+
+impl Forwarder {
+    /// Starts a link to every node of `cfg` on `endpoint` (a client endpoint with the router's
+    /// identity); they run until `shutdown`.
+    pub fn start(
+        cfg: &RouterConfig,
+        endpoint: quinn::Endpoint,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Forwarder {
+        let mut instances = Vec::new();
+        for m in &cfg.models {
+            for stages in &m.instances {
+                instances.push((
+                    InstanceSpec {
+                        id: stages.join("+"),
+                        driver: stages[0].clone(),
+                    },
+                    m.name.clone(),
+                ));
+            }
+        }
+        let view = Arc::new(Mutex::new(ClusterView::new(instances.iter().map(
+            |(spec, model)| (spec.id.clone(), model.clone(), spec.driver.clone()),
+        ))));
+        let mut links = HashMap::new();
+        for n in &cfg.nodes {
+            let link = NodeLink::new(n.id.clone(), n.addr);
+            tokio::spawn(link.clone().run(
+                endpoint.clone(),
+                view.clone(),
+                cfg.id.clone(),
+                cfg.limits.node_silence(),
+                cfg.limits.connect_timeout(),
+                shutdown.clone(),
+            ));
+            links.insert(n.id.clone(), link);
+        }
+        let seed = std::process::id() as u64 ^ (cfg.id.len() as u64) << 32;
+        Forwarder {
+            shared: Arc::new(Shared {
+                view,
+                placer: Mutex::new(Placer::new(cfg.policy, cfg.limits.node_silence())),
+                links,
+                instances: instances.into_iter().map(|(s, _)| s).collect(),
+                models: cfg.models.iter().map(|m| m.name.clone()).collect(),
+                limits: cfg.limits.clone(),
+                inflight: Arc::new(Semaphore::new(cfg.limits.max_inflight)),
+                metrics,
+                next_id: AtomicU64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            }),
+        }
+    }
+
+    /// The cluster view (for status pages and tests).
+    pub fn view(&self) -> Arc<Mutex<ClusterView>> {
+        self.shared.view.clone()
+    }
+
+    /// Changes the placement policy.
+    pub fn set_policy(&self, policy: crate::place::Policy) {
+        lock(&self.shared.placer).set_policy(policy);
+    }
+}
+
+impl Shared {
+    fn card(&self, model: &str) -> Option<ModelCard> {
+        if !self.models.iter().any(|m| m == model) {
+            return None;
+        }
+        let view = lock(&self.view);
+        let infos: Vec<_> = view
+            .instances()
+            .iter()
+            .filter(|i| i.model == model)
+            .filter_map(|i| i.info.as_ref())
+            .collect();
+        Some(ModelCard {
+            name: model.to_string(),
+            max_context: infos.iter().map(|i| i.max_seq_tokens).min(),
+            eos_tokens: infos
+                .first()
+                .map(|i| i.eos_tokens.clone())
+                .unwrap_or_default(),
+        })
+    }
+
+    fn place(&self, req: &PlaceRequest<'_>) -> Result<Choice, PlaceError> {
+        let view = lock(&self.view);
+        let choice = lock(&self.placer).place(&view, req, Instant::now());
+        drop(view);
+        if let Ok(c) = &choice {
+            lock(&self.view).handle_placed(&c.instance, req.tokens.len() as u64);
+        }
+        choice
+    }
+
+    fn driver_link(&self, instance: &str) -> Option<&Arc<NodeLink>> {
+        let spec = self.instances.iter().find(|s| s.id == instance)?;
+        self.links.get(&spec.driver)
+    }
+}
+
+/// Everything a request task carries between attempts.
+struct Job {
+    req: Generation,
+    request: RequestId,
+    stop_tokens: Vec<u32>,
+    /// Tokens already sent to the client.
+    emitted: Vec<u32>,
+    /// Instances this request failed on.
+    failed: Vec<String>,
+    cached_tokens: u32,
+}
+
+impl Job {
+    fn wire(&self) -> GenerateRequest {
+        let mut prompt = self.req.prompt.clone();
+        prompt.extend(&self.emitted);
+        GenerateRequest {
+            request: self.request,
+            prompt,
+            max_tokens: self.req.max_tokens - self.emitted.len() as u32,
+            stop_tokens: self.stop_tokens.clone(),
+            sampling: self.req.sampling,
+            slo: self.req.slo.clone(),
+            cache_salt: self.req.cache_salt,
+            logprobs: self.req.logprobs,
+        }
+    }
+
+    fn place_request<'a>(&'a self, tokens: &'a [u32], enforce_slo: bool) -> PlaceRequest<'a> {
+        PlaceRequest {
+            model: &self.req.model,
+            tokens,
+            cache_salt: self.req.cache_salt,
+            slo: &self.req.slo,
+            exclude: &self.failed,
+            enforce_slo,
+        }
+    }
+}
+
+/// A started attempt with what placement predicted for it.
+struct Running {
+    attempt: Attempt,
+    predicted: Option<Duration>,
+    sent_at: Instant,
+}
+
+impl Backend for Forwarder {
+    fn generate(
+        &self,
+        req: Generation,
+        arrival: Instant,
+    ) -> BoxFuture<'_, Result<GenStream, GenError>> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            let card = shared
+                .card(&req.model)
+                .ok_or_else(|| GenError::UnknownModel {
+                    model: req.model.clone(),
+                })?;
+            if let Some(limit) = card.max_context
+                && req.prompt.len() as u64 + u64::from(req.max_tokens) > u64::from(limit)
+            {
+                return Err(GenError::ContextTooLong {
+                    prompt: req.prompt.len() as u32,
+                    max_tokens: req.max_tokens,
+                    limit,
+                });
+            }
+            let permit =
+                shared
+                    .inflight
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| GenError::Overloaded {
+                        slo: req.slo.name.clone(),
+                        ttft_ms: req.slo.ttft_ms,
+                        predicted_ms: f64::NAN,
+                        retry_after: Duration::from_secs(1),
+                    })?;
+            let mut stop_tokens = if req.ignore_eos {
+                Vec::new()
+            } else {
+                card.eos_tokens.clone()
+            };
+            stop_tokens.extend(&req.stop_tokens);
+            let mut job = Job {
+                request: RequestId(shared.next_id.fetch_add(1, Ordering::Relaxed)),
+                req,
+                stop_tokens,
+                emitted: Vec::new(),
+                failed: Vec::new(),
+                cached_tokens: 0,
+            };
+            let running = start_first(shared, &mut job).await?;
+            let routing = arrival.elapsed();
+            let instance = running.attempt.instance.clone();
+            let (tx, events) = mpsc::channel(64);
+            let task_shared = shared.clone();
+            tokio::spawn(async move {
+                drive(&task_shared, job, running, tx).await;
+                drop(permit);
+            });
+            Ok(GenStream {
+                instance,
+                routing,
+                events,
+            })
+        })
+    }
+
+    fn models(&self) -> Vec<ModelCard> {
+        self.shared
+            .models
+            .iter()
+            .filter_map(|m| self.shared.card(m))
+            .collect()
+    }
+
+    fn ready(&self) -> bool {
+        let now = Instant::now();
+        let silence = self.shared.limits.node_silence();
+        lock(&self.shared.view)
+            .instances()
+            .iter()
+            .any(|i| i.healthy(now, silence))
+    }
+}
+
+/// Places and starts the first attempt; rejections become HTTP errors.
+async fn start_first(shared: &Shared, job: &mut Job) -> Result<Running, GenError> {
+    for _ in 0..shared.limits.max_attempts {
+        let tokens = job.req.prompt.clone();
+        let choice = shared
+            .place(&job.place_request(&tokens, true))
+            .map_err(|e| match e {
+                PlaceError::Unavailable => GenError::Unavailable {
+                    model: job.req.model.clone(),
+                },
+                PlaceError::Overloaded { best, retry_after } => GenError::Overloaded {
+                    slo: job.req.slo.name.clone(),
+                    ttft_ms: job.req.slo.ttft_ms,
+                    predicted_ms: best.as_secs_f64() * 1e3,
+                    retry_after,
+                },
+            })?;
+        match try_start(shared, job, choice).await {
+            Some(r) => return Ok(r),
+            None => continue,
+        }
+    }
+    Err(GenError::Unavailable {
+        model: job.req.model.clone(),
+    })
+}
+
+/// Starts an attempt on `choice`; on failure records the instance as failed.
+async fn try_start(shared: &Shared, job: &mut Job, choice: Choice) -> Option<Running> {
+    let started = match shared.driver_link(&choice.instance) {
+        Some(link) => Attempt::start(choice.instance.clone(), link, &job.wire())
+            .await
+            .map_err(|e| e.to_string()),
+        None => Err(format!("instance {} has no driver link", choice.instance)),
+    };
+    match started {
+        Ok(attempt) => Some(Running {
+            attempt,
+            predicted: choice.prediction.map(|p| p.total),
+            sent_at: Instant::now(),
+        }),
+        Err(e) => {
+            tracing::warn!(instance = %choice.instance, error = %e, "cannot start the request");
+            lock(&shared.view).handle_done(&choice.instance);
+            job.failed.push(choice.instance);
+            None
+        }
+    }
+}
+
+/// Places a failed-over request again, waiting a bounded time for an instance.
+async fn restart(shared: &Shared, job: &mut Job) -> Option<Running> {
+    let deadline = Instant::now() + FAILOVER_WAIT;
+    while job.failed.len() < shared.limits.max_attempts as usize {
+        let mut tokens = job.req.prompt.clone();
+        tokens.extend(&job.emitted);
+        match shared.place(&job.place_request(&tokens, false)) {
+            Ok(choice) => {
+                if let Some(r) = try_start(shared, job, choice).await {
+                    return Some(r);
+                }
+            }
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(FAILOVER_POLL).await,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// How one attempt ended.
+enum Outcome {
+    Done,
+    ClientGone,
+    /// The instance failed the request; try another.
+    Failover(String),
+}
+
+/// Relays a request's tokens to the client, failing over until it finishes.
+async fn drive(shared: &Shared, mut job: Job, mut run: Running, tx: mpsc::Sender<GenEvent>) {
+    loop {
+        let instance = run.attempt.instance.clone();
+        let outcome = relay(shared, &mut job, &mut run, &tx).await;
+        lock(&shared.view).handle_done(&instance);
+        match outcome {
+            Outcome::Done => {
+                run.attempt.finish();
+                return;
+            }
+            Outcome::ClientGone => {
+                run.attempt.cancel(job.request).await;
+                return;
+            }
+            Outcome::Failover(why) => {
+                tracing::warn!(%instance, request = %job.request, emitted = job.emitted.len(), "failing over: {why}");
+                drop(run);
+                job.failed.push(instance);
+                if job.emitted.len() as u32 >= job.req.max_tokens {
+                    let _ = tx.send(finish(&job, FinishReason::Length)).await;
+                    return;
+                }
+                match restart(shared, &mut job).await {
+                    Some(next) => run = next,
+                    None => {
+                        let _ = tx
+                            .send(GenEvent::Failed {
+                                message: format!(
+                                    "the request failed on {} and no other instance could take it",
+                                    job.failed.join(", ")
+                                ),
+                            })
+                            .await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn finish(job: &Job, reason: FinishReason) -> GenEvent {
+    GenEvent::Finish {
+        reason,
+        usage: Usage {
+            prompt_tokens: job.req.prompt.len() as u32,
+            completion_tokens: job.emitted.len() as u32,
+            cached_tokens: job.cached_tokens,
+        },
+    }
+}
+
+async fn relay(
+    shared: &Shared,
+    job: &mut Job,
+    run: &mut Running,
+    tx: &mpsc::Sender<GenEvent>,
+) -> Outcome {
+    let first_of_attempt = job.emitted.len();
+    loop {
+        let frame = tokio::select! {
+            f = run.attempt.frames.recv() => f,
+            _ = run.attempt.node_down.changed() => return Outcome::Failover("the node went down".into()),
+            () = tx.closed() => return Outcome::ClientGone,
+        };
+        let msg = match frame {
+            Some(Ok(Some(m))) => m,
+            Some(Ok(None)) | None => return Outcome::Failover("the stream ended early".into()),
+            Some(Err(e)) => return Outcome::Failover(format!("bad stream: {e}")),
+        };
+        match msg {
+            Message::Token(t) => {
+                if job.emitted.len() == first_of_attempt && first_of_attempt == 0 {
+                    let observed = run.sent_at.elapsed();
+                    if let Some(predicted) = run.predicted {
+                        lock(&shared.view).handle_first_token(
+                            &run.attempt.instance,
+                            predicted,
+                            observed,
+                        );
+                        shared.metrics.observe_prediction(
+                            &run.attempt.instance,
+                            predicted.as_secs_f64(),
+                            observed.as_secs_f64(),
+                        );
+                    }
+                }
+                let ev = GenEvent::Token {
+                    index: job.emitted.len() as u32,
+                    token: t.token,
+                    logprob: t.logprob,
+                    top_logprobs: t.top_logprobs,
+                };
+                job.emitted.push(t.token);
+                if tx.send(ev).await.is_err() {
+                    return Outcome::ClientGone;
+                }
+            }
+            Message::Finish(f) => {
+                if job.emitted.len() == first_of_attempt {
+                    job.cached_tokens = f.cached_tokens;
+                }
+                let reason = match f.reason {
+                    WireFinishReason::Length => FinishReason::Length,
+                    WireFinishReason::Stop => FinishReason::Stop,
+                    WireFinishReason::Cancelled => {
+                        return Outcome::Failover("the node cancelled the request".into());
+                    }
+                    WireFinishReason::Error(e) => {
+                        return Outcome::Failover(format!("the node failed the request: {e}"));
+                    }
+                };
+                if first_of_attempt == 0 {
+                    job.cached_tokens = f.cached_tokens;
+                }
+                let _ = tx.send(finish(job, reason)).await;
+                return Outcome::Done;
+            }
+            Message::Reject(r) => match r.reason {
+                RejectReason::QueueFull | RejectReason::ShuttingDown => {
+                    return Outcome::Failover(format!("rejected: {}", r.message));
+                }
+                RejectReason::TooLong | RejectReason::TooLarge | RejectReason::Invalid => {
+                    let _ = tx
+                        .send(GenEvent::Failed {
+                            message: format!("the node refused the request: {}", r.message),
+                        })
+                        .await;
+                    return Outcome::Done;
+                }
+            },
+            other => {
+                return Outcome::Failover(format!(
+                    "unexpected {} on a request stream",
+                    link::kind(&other)
+                ));
+            }
+        }
+    }
+}
