@@ -161,12 +161,14 @@ fn choice_tokens(choice: &Value) -> u64 {
     u64::from(text.is_some_and(|t| !t.is_empty()))
 }
 
-/// The JSON body of a streaming request, greedy, asking for a final `usage` chunk.
+/// The JSON body of a streaming request, greedy, asking for a final `usage` chunk. It sets
+/// `ignore_eos` (a Strata and vLLM extension) so output lengths follow the workload exactly.
 pub fn request_body(model: &str, prompt: &Prompt, max_tokens: u32, chat: bool) -> Value {
     let mut body = json!({
         "model": model,
         "max_tokens": max_tokens,
         "temperature": 0,
+        "ignore_eos": true,
         "stream": true,
         "stream_options": {"include_usage": true},
     });
