@@ -23,10 +23,11 @@ use std::time::Instant;
 
 pub(crate) async fn handle(
     State(state): State<Arc<HttpState>>,
+    arrival: Option<axum::Extension<super::Arrival>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let arrival = Instant::now();
+    let arrival = arrival.map_or_else(Instant::now, |a| a.0.0);
     match prepare(&state, &headers, body).await {
         Ok((entry, generation, checked)) => {
             let format = ChatFormat(Common::new("chatcmpl", &generation.model, &checked));

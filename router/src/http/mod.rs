@@ -257,7 +257,18 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
             == 0
 }
 
-async fn count_requests(State(state): State<Arc<HttpState>>, req: Request, next: Next) -> Response {
+/// When a request's headers arrived: the start of the routing-overhead measurement (before
+/// the body is read, parsed and tokenized).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrival(pub std::time::Instant);
+
+async fn count_requests(
+    State(state): State<Arc<HttpState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    req.extensions_mut()
+        .insert(Arrival(std::time::Instant::now()));
     const ENDPOINTS: [&str; 6] = [
         "/v1/completions",
         "/v1/chat/completions",
