@@ -52,13 +52,78 @@ pub struct SamplingFields {
 }
 
 /// A completion prompt: text or token ids, alone or as a batch of one.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
+///
+/// Deserialized by hand rather than `#[serde(untagged)]`: untagged buffers the whole value and
+/// retries each variant, which costs milliseconds on a 32k-token id array. Here the first
+/// element of an array decides its kind and the rest parse straight into it.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Prompt {
     Text(String),
     Tokens(Vec<u32>),
     Texts(Vec<String>),
     TokenLists(Vec<Vec<u32>>),
+}
+
+impl<'de> Deserialize<'de> for Prompt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Prompt, D::Error> {
+        d.deserialize_any(PromptVisitor)
+    }
+}
+
+struct PromptVisitor;
+
+/// The first element of a prompt array.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FirstElem {
+    Token(u32),
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+impl<'de> serde::de::Visitor<'de> for PromptVisitor {
+    type Value = Prompt;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string, an array of token ids, or an array of one of those")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Prompt, E> {
+        Ok(Prompt::Text(v.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Prompt, E> {
+        Ok(Prompt::Text(v))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Prompt, A::Error> {
+        let cap = seq.size_hint().unwrap_or(0).min(1 << 16);
+        match seq.next_element::<FirstElem>()? {
+            None => Ok(Prompt::Tokens(Vec::new())),
+            Some(FirstElem::Token(t)) => {
+                let mut ids = Vec::with_capacity(cap.max(1));
+                ids.push(t);
+                while let Some(t) = seq.next_element::<u32>()? {
+                    ids.push(t);
+                }
+                Ok(Prompt::Tokens(ids))
+            }
+            Some(FirstElem::Text(t)) => {
+                let mut texts = vec![t];
+                while let Some(t) = seq.next_element::<String>()? {
+                    texts.push(t);
+                }
+                Ok(Prompt::Texts(texts))
+            }
+            Some(FirstElem::Tokens(ids)) => {
+                let mut lists = vec![ids];
+                while let Some(ids) = seq.next_element::<Vec<u32>>()? {
+                    lists.push(ids);
+                }
+                Ok(Prompt::TokenLists(lists))
+            }
+        }
+    }
 }
 
 /// `stop`: one string or a list of up to 4.
@@ -238,4 +303,35 @@ pub struct ModelObject {
     pub owned_by: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_model_len: Option<u32>,
+}
+
+#[cfg(test)]
+mod prompt_tests {
+    use super::Prompt;
+
+    fn parse(json: &str) -> Result<Prompt, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn every_prompt_shape_parses() {
+        assert_eq!(parse(r#""hi""#).ok(), Some(Prompt::Text("hi".into())));
+        assert_eq!(parse("[1, 2, 3]").ok(), Some(Prompt::Tokens(vec![1, 2, 3])));
+        assert_eq!(parse("[]").ok(), Some(Prompt::Tokens(vec![])));
+        assert_eq!(
+            parse(r#"["a", "b"]"#).ok(),
+            Some(Prompt::Texts(vec!["a".into(), "b".into()]))
+        );
+        assert_eq!(
+            parse("[[1], [2, 3]]").ok(),
+            Some(Prompt::TokenLists(vec![vec![1], vec![2, 3]]))
+        );
+    }
+
+    #[test]
+    fn mixed_or_invalid_prompts_fail() {
+        for bad in [r#"[1, "a"]"#, "[-1]", "[1.5]", "[4294967296]", "{}", "3", r#"["a", 1]"#] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
 }
