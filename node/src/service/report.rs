@@ -80,7 +80,7 @@ async fn peer_gone(recv: &mut RecvStream, limit: usize) -> (String, Option<u32>)
     match frame::read_frame(recv, limit).await {
         Ok(None) => ("finished its side".into(), None),
         Ok(Some(m)) => (
-            format!("sent {} on a subscription", super::request::kind(&m)),
+            format!("sent {} on a subscription", m.kind()),
             Some(codes::UNEXPECTED),
         ),
         Err(FrameError::Io(e)) => (format!("went away ({e})"), None),

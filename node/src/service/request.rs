@@ -39,20 +39,6 @@ enum Cause {
     Gone(std::io::Error),
 }
 
-pub(crate) fn kind(m: &Message) -> &'static str {
-    match m {
-        Message::Generate(_) => "Generate",
-        Message::Token(_) => "Token",
-        Message::Finish(_) => "Finish",
-        Message::Reject(_) => "Reject",
-        Message::Cancel { .. } => "Cancel",
-        Message::Subscribe { .. } => "Subscribe",
-        Message::Hello(_) => "Hello",
-        Message::Load(_) => "Load",
-        Message::KvEvents(_) => "KvEvents",
-    }
-}
-
 async fn watch(recv: &mut RecvStream, limit: usize, id: RequestId) -> Cause {
     match frame::read_frame(recv, limit).await {
         Ok(Some(Message::Cancel { request })) => {
@@ -61,7 +47,7 @@ async fn watch(recv: &mut RecvStream, limit: usize, id: RequestId) -> Cause {
             }
             Cause::Cancel
         }
-        Ok(Some(other)) => Cause::Unexpected(kind(&other)),
+        Ok(Some(other)) => Cause::Unexpected(other.kind()),
         Ok(None) => Cause::Eof,
         Err(FrameError::Io(e)) => Cause::Gone(e),
         Err(e) => Cause::BadFrame(e),

@@ -263,7 +263,7 @@ async fn stream(mut send: SendStream, mut recv: RecvStream, shared: Arc<Shared>)
             report::serve(&shared, router, send, recv).await
         }
         Ok(Ok(Some(other))) => {
-            tracing::warn!(stream = %id, "unexpected {} as a first frame; closing the stream", request::kind(&other));
+            tracing::warn!(stream = %id, "unexpected {} as a first frame; closing the stream", other.kind());
             refuse(&mut send, &mut recv, codes::UNEXPECTED);
         }
         Ok(Ok(None)) => {

@@ -154,25 +154,11 @@ impl NodeLink {
                 }
                 Some(Message::KvEvents(events)) => lock(view).handle_kv_events(&self.node, &events),
                 Some(other) => {
-                    tracing::warn!(node = %self.node, "ignoring {} on a subscription", kind(&other));
+                    tracing::warn!(node = %self.node, "ignoring {} on a subscription", other.kind());
                 }
                 None => return Err(LinkError::Ended),
             }
         }
-    }
-}
-
-pub(crate) fn kind(m: &Message) -> &'static str {
-    match m {
-        Message::Generate(_) => "Generate",
-        Message::Token(_) => "Token",
-        Message::Finish(_) => "Finish",
-        Message::Reject(_) => "Reject",
-        Message::Cancel { .. } => "Cancel",
-        Message::Subscribe { .. } => "Subscribe",
-        Message::Hello(_) => "Hello",
-        Message::Load(_) => "Load",
-        Message::KvEvents(_) => "KvEvents",
     }
 }
 

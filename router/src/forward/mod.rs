@@ -506,7 +506,7 @@ async fn relay(
             other => {
                 return Outcome::Failover(format!(
                     "unexpected {} on a request stream",
-                    link::kind(&other)
+                    other.kind()
                 ));
             }
         }

@@ -330,7 +330,15 @@ mod prompt_tests {
 
     #[test]
     fn mixed_or_invalid_prompts_fail() {
-        for bad in [r#"[1, "a"]"#, "[-1]", "[1.5]", "[4294967296]", "{}", "3", r#"["a", 1]"#] {
+        for bad in [
+            r#"[1, "a"]"#,
+            "[-1]",
+            "[1.5]",
+            "[4294967296]",
+            "{}",
+            "3",
+            r#"["a", 1]"#,
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

@@ -161,3 +161,20 @@ pub enum Message {
     Load(LoadReport),
     KvEvents(Vec<WireKvEvent>),
 }
+
+impl Message {
+    /// The variant's name, for logs and errors (never the payload, which may be large).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Generate(_) => "Generate",
+            Message::Token(_) => "Token",
+            Message::Finish(_) => "Finish",
+            Message::Reject(_) => "Reject",
+            Message::Cancel { .. } => "Cancel",
+            Message::Subscribe { .. } => "Subscribe",
+            Message::Hello(_) => "Hello",
+            Message::Load(_) => "Load",
+            Message::KvEvents(_) => "KvEvents",
+        }
+    }
+}
