@@ -81,6 +81,17 @@ struct Inner {
     routing: Histogram,
     predicted: BTreeMap<String, Histogram>,
     observed: BTreeMap<String, Histogram>,
+    instances: BTreeMap<String, InstanceGauges>,
+}
+
+/// What the router last heard from an instance (its driver's load report).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct InstanceGauges {
+    pub healthy: bool,
+    pub waiting: u32,
+    pub running: u32,
+    /// Observed / predicted TTFT correction the predictor applies.
+    pub correction: f64,
 }
 
 /// The router's metrics registry.
@@ -117,6 +128,7 @@ impl Metrics {
                 routing: Histogram::new(ROUTING_BUCKETS_S),
                 predicted: BTreeMap::new(),
                 observed: BTreeMap::new(),
+                instances: BTreeMap::new(),
             }),
             in_flight: Arc::new(AtomicI64::new(0)),
         }
@@ -183,6 +195,14 @@ impl Metrics {
             .entry(key.to_owned())
             .or_insert_with(new)
             .observe(observed_s);
+    }
+
+    /// Sets the gauges of `instance` (bounded like the per-instance histograms).
+    pub fn set_instance(&self, instance: &str, gauges: InstanceGauges) {
+        let mut inner = self.lock();
+        if inner.instances.contains_key(instance) || inner.instances.len() < MAX_INSTANCES {
+            inner.instances.insert(instance.to_owned(), gauges);
+        }
     }
 
     /// Counts a request in flight until the guard is dropped.
@@ -252,6 +272,35 @@ impl Metrics {
             header(&mut out, name, "histogram", help);
             for (instance, hist) in map {
                 hist.render(name, &[("instance", instance)], &mut out);
+            }
+        }
+        type Gauge = fn(&InstanceGauges) -> f64;
+        let gauges: [(&str, &str, Gauge); 4] = [
+            (
+                "strata_instance_healthy",
+                "1 when the instance can take requests.",
+                |g| f64::from(u8::from(g.healthy)),
+            ),
+            (
+                "strata_instance_waiting",
+                "Requests queued on the instance, as it last reported.",
+                |g| f64::from(g.waiting),
+            ),
+            (
+                "strata_instance_running",
+                "Requests running on the instance, as it last reported.",
+                |g| f64::from(g.running),
+            ),
+            (
+                "strata_instance_ttft_correction",
+                "Observed / predicted TTFT ratio applied to predictions.",
+                |g| g.correction,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            header(&mut out, name, "gauge", help);
+            for (instance, g) in &inner.instances {
+                sample(&mut out, name, &[("instance", instance)], value(g));
             }
         }
         out

@@ -60,6 +60,9 @@ pub struct UpArgs {
     /// (60 s, 1 s) always exist.
     #[arg(long = "slo", value_parser = parse_slo)]
     pub slo: Vec<SloClass>,
+    /// The largest `max_tokens` the router accepts.
+    #[arg(long, default_value_t = Limits::default().max_tokens)]
+    pub max_tokens: u32,
 }
 
 fn parse_slo(s: &str) -> Result<SloClass, String> {
@@ -200,7 +203,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             }],
             slo: slo_classes(&args.slo),
             default_slo: "default".into(),
-            limits: Limits::default(),
+            limits: Limits {
+                max_tokens: args.max_tokens,
+                ..Limits::default()
+            },
             api_keys: Vec::new(),
         };
         let cfg_path = dir.join(format!("{router_id}.toml"));

@@ -288,7 +288,7 @@ async fn kill_9_of_a_node_mid_stream_keeps_the_text() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_streams_complete() {
-    let c = Cluster::start("concurrent", &[]);
+    let c = Cluster::start("concurrent", &["--max-tokens", "30000"]);
     let url = c.url.clone();
     let mut tasks = Vec::new();
     for i in 0..100u32 {
@@ -319,4 +319,50 @@ async fn a_hundred_concurrent_streams_complete() {
     }
     assert_eq!(per_instance.values().sum::<i32>(), 100);
     assert!(c.log().contains("node-1"), "logs are kept");
+
+    // A client that disconnects cancels its work on the node: a request for 30000 tokens
+    // (tens of seconds of decoding) stops running within seconds of the client leaving.
+    let mut r = post(
+        &url,
+        "/v1/completions",
+        json!({"model": "tiny", "prompt": "cancel me",
+        "max_tokens": 30_000, "temperature": 0, "stream": true, "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    r.chunk().await.expect("first chunk").expect("some data");
+    let running = || async {
+        let text = reqwest::get(format!("{url}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .filter(|l| l.starts_with("strata_instance_running{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let mut seen = false;
+    for _ in 0..250 {
+        if running().await >= 1.0 {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen, "the long request shows as running");
+    drop(r);
+    let mut cancelled = false;
+    for _ in 0..250 {
+        if running().await == 0.0 {
+            cancelled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        cancelled,
+        "the node still runs the request after the client left"
+    );
 }

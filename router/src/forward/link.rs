@@ -5,6 +5,7 @@
 //! marks it disconnected in the view, bumps its epoch (so request tasks on that node fail over
 //! at once rather than waiting for QUIC's idle timeout) and reconnects with bounded backoff.
 
+use crate::metrics::{InstanceGauges, Metrics};
 use crate::view::ClusterView;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,19 @@ pub struct NodeLink {
     pub addr: SocketAddr,
     conn: Mutex<Option<quinn::Connection>>,
     epoch: watch::Sender<u64>,
+}
+
+/// What every link of a router shares.
+pub struct LinkEnv {
+    /// The router's client endpoint (its identity).
+    pub endpoint: quinn::Endpoint,
+    pub view: Arc<Mutex<ClusterView>>,
+    pub metrics: Arc<Metrics>,
+    /// The router's name, sent when subscribing.
+    pub router: String,
+    /// A node whose reports stop for this long is down.
+    pub silence: Duration,
+    pub connect_timeout: Duration,
 }
 
 /// Why one subscription ended.
@@ -67,35 +81,55 @@ impl NodeLink {
         self.epoch.subscribe()
     }
 
-    fn down(&self, view: &Mutex<ClusterView>) {
+    fn down(&self, view: &Mutex<ClusterView>, metrics: &Metrics) {
         if let Some(c) = lock(&self.conn).take() {
             c.close(quinn::VarInt::from_u32(1), b"node silent");
         }
-        lock(view).handle_disconnect(&self.node);
+        let mut view = lock(view);
+        view.handle_disconnect(&self.node);
+        self.publish(&view, metrics);
+        drop(view);
         self.epoch.send_modify(|e| *e += 1);
     }
 
+    /// Copies what the view knows of this node's instances into the metrics gauges.
+    fn publish(&self, view: &ClusterView, metrics: &Metrics) {
+        for inst in view.instances().iter().filter(|i| i.driver == self.node) {
+            let load = inst.load.as_ref();
+            metrics.set_instance(
+                &inst.id,
+                InstanceGauges {
+                    healthy: inst.connected && load.is_some(),
+                    waiting: load.map_or(0, |l| l.waiting),
+                    running: load.map_or(0, |l| l.running),
+                    correction: inst.correction,
+                },
+            );
+        }
+    }
+
     /// Keeps the link up until `shutdown`.
-    pub async fn run(
-        self: Arc<Self>,
-        endpoint: quinn::Endpoint,
-        view: Arc<Mutex<ClusterView>>,
-        router: String,
-        silence: Duration,
-        connect_timeout: Duration,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn run(self: Arc<Self>, env: Arc<LinkEnv>, shutdown: CancellationToken) {
+        let LinkEnv {
+            endpoint,
+            view,
+            metrics,
+            router,
+            silence,
+            connect_timeout,
+        } = &*env;
+        let (silence, connect_timeout) = (*silence, *connect_timeout);
         let mut backoff = BACKOFF_MIN;
         loop {
             let started = Instant::now();
             let result = tokio::select! {
-                r = self.subscribe(&endpoint, &view, &router, silence, connect_timeout) => r,
+                r = self.subscribe(endpoint, view, metrics, router, silence, connect_timeout) => r,
                 () = shutdown.cancelled() => return,
             };
             if let Err(e) = result {
                 tracing::debug!(node = %self.node, error = %e, "link down");
             }
-            self.down(&view);
+            self.down(view, metrics);
             if started.elapsed() > 2 * BACKOFF_MAX {
                 backoff = BACKOFF_MIN; // it was up for a while: retry promptly
             }
@@ -111,6 +145,7 @@ impl NodeLink {
         &self,
         endpoint: &quinn::Endpoint,
         view: &Mutex<ClusterView>,
+        metrics: &Metrics,
         router: &str,
         silence: Duration,
         connect_timeout: Duration,
@@ -150,7 +185,9 @@ impl NodeLink {
             .map_err(|_| LinkError::Silent(silence))??;
             match msg {
                 Some(Message::Load(report)) => {
-                    lock(view).handle_load(&self.node, report, Instant::now(), conn.rtt());
+                    let mut view = lock(view);
+                    view.handle_load(&self.node, report, Instant::now(), conn.rtt());
+                    self.publish(&view, metrics);
                 }
                 Some(Message::KvEvents(events)) => lock(view).handle_kv_events(&self.node, &events),
                 Some(other) => {

@@ -22,7 +22,7 @@ use crate::place::{Choice, PlaceError, PlaceRequest, Placer};
 use crate::view::ClusterView;
 use attempt::Attempt;
 use futures_util::future::BoxFuture;
-use link::{NodeLink, lock};
+use link::{LinkEnv, NodeLink, lock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,17 +87,18 @@ impl Forwarder {
         let view = Arc::new(Mutex::new(ClusterView::new(instances.iter().map(
             |(spec, model)| (spec.id.clone(), model.clone(), spec.driver.clone()),
         ))));
+        let env = Arc::new(LinkEnv {
+            endpoint,
+            view: view.clone(),
+            metrics: metrics.clone(),
+            router: cfg.id.clone(),
+            silence: cfg.limits.node_silence(),
+            connect_timeout: cfg.limits.connect_timeout(),
+        });
         let mut links = HashMap::new();
         for n in &cfg.nodes {
             let link = NodeLink::new(n.id.clone(), n.addr);
-            tokio::spawn(link.clone().run(
-                endpoint.clone(),
-                view.clone(),
-                cfg.id.clone(),
-                cfg.limits.node_silence(),
-                cfg.limits.connect_timeout(),
-                shutdown.clone(),
-            ));
+            tokio::spawn(link.clone().run(env.clone(), shutdown.clone()));
             links.insert(n.id.clone(), link);
         }
         let seed = std::process::id() as u64 ^ (cfg.id.len() as u64) << 32;
