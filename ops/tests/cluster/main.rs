@@ -366,3 +366,80 @@ async fn a_hundred_concurrent_streams_complete() {
         "the node still runs the request after the client left"
     );
 }
+
+/// An HF checkpoint directory in transformers 5's layout: `rope_parameters` instead of
+/// `rope_theta`, bf16 safetensors, a WordLevel `tokenizer.json` and a ChatML chat template.
+fn write_checkpoint(dir: &std::path::Path) {
+    use strata_node::model::{DType, Preset, Weights};
+    std::fs::create_dir_all(dir).expect("dir");
+    let cfg = Preset::Tiny.config();
+    let w = Weights::random(&cfg, 5, 0..cfg.num_layers).expect("weights");
+    w.save(dir, &cfg, DType::BF16).expect("save");
+    let mut json = cfg.to_hf_json();
+    let obj = json.as_object_mut().expect("object");
+    let theta = obj.remove("rope_theta").expect("rope_theta");
+    obj.remove("rope_scaling");
+    obj.insert(
+        "rope_parameters".into(),
+        json!({"rope_type": "default", "rope_theta": theta}),
+    );
+    std::fs::write(dir.join("config.json"), json.to_string()).expect("config.json");
+    let tokenizer = json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [
+            {"id": 0, "content": "<unk>", "single_word": false, "lstrip": false,
+             "rstrip": false, "normalized": false, "special": true},
+            {"id": 6, "content": "<|im_start|>", "single_word": false, "lstrip": false,
+             "rstrip": false, "normalized": false, "special": true},
+            {"id": 7, "content": "<|im_end|>", "single_word": false, "lstrip": false,
+             "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "unk_token": "<unk>",
+                  "vocab": {"<unk>": 0, "hello": 1, "world": 2, "!": 3, "user": 4,
+                            "assistant": 5, "<|im_start|>": 6, "<|im_end|>": 7}}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).expect("tokenizer");
+    let template = "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}";
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        json!({"chat_template": template, "eos_token": "<|im_end|>"}).to_string(),
+    )
+    .expect("tokenizer_config");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_an_hf_checkpoint_directory() {
+    let model_dir = std::env::temp_dir().join(format!("strata-it-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&model_dir);
+    let dir = model_dir.join("tiny-hf");
+    write_checkpoint(&dir);
+    let c = Cluster::start(
+        "hfdir",
+        &["--nodes", "1", "--model", dir.to_str().expect("utf-8 path")],
+    );
+    let url = c.url.clone();
+    let r = post(
+        &url,
+        "/v1/completions",
+        json!({"model": "tiny-hf", "prompt": "hello world !", "max_tokens": 4, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{}", c.log());
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(
+        body["usage"]["prompt_tokens"], 3,
+        "the HF tokenizer ran: {body}"
+    );
+    let r = post(&url, "/v1/chat/completions", json!({"model": "tiny-hf",
+        "messages": [{"role": "user", "content": "hello world"}], "max_tokens": 4, "temperature": 0})).await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.expect("json");
+    // <|im_start|> user hello world <|im_end|> <|im_start|> assistant: 7 tokens.
+    assert_eq!(
+        body["usage"]["prompt_tokens"], 7,
+        "the chat template ran: {body}"
+    );
+    drop(c);
+    let _ = std::fs::remove_dir_all(&model_dir);
+}
