@@ -4,9 +4,11 @@
 //! Module map:
 //! - [`bench`] — benchmarks (`strata bench engine`: baseline vs layer-wise, in one run).
 //! - [`certs`] — the cluster CA and member certificates (`strata certs init`).
+//! - [`malloc`] — the allocator policy of the process (keep freed network buffers).
 
 mod bench;
 mod certs;
+mod malloc;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +32,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    malloc::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(cmd) => bench::run(cmd),
