@@ -23,6 +23,8 @@ pub const JUMBO_UDP_PAYLOAD: u16 = 8952;
 pub const MAX_WINDOW_BYTES: u64 = 1 << 30;
 /// Largest UDP socket buffer asked of the kernel: 256 MiB.
 pub const MAX_SOCKET_BUFFER_BYTES: usize = 256 << 20;
+/// Most packets a peer may be asked to receive per ACK it sends.
+pub const MAX_ACK_EVERY_PACKETS: u32 = 256;
 /// Most concurrent streams a peer may open, per direction.
 pub const MAX_STREAMS: u32 = 1 << 16;
 
@@ -74,6 +76,9 @@ pub enum TuningError {
     /// A stream limit is zero or over [`MAX_STREAMS`].
     #[error("max_concurrent_streams {streams} is outside 1..={MAX_STREAMS}")]
     Streams { streams: u32 },
+    /// The ACK frequency asked of the peer is zero or over [`MAX_ACK_EVERY_PACKETS`].
+    #[error("ack_every_packets {ack_every_packets} is outside 1..={MAX_ACK_EVERY_PACKETS}")]
+    AckEvery { ack_every_packets: u32 },
     /// Keep-alives are not sent well inside the idle timeout.
     #[error(
         "keep_alive_ms {keep_alive_ms} must be below half of idle_timeout_ms {idle_timeout_ms}"
@@ -113,6 +118,9 @@ pub struct TransportTuning {
     pub socket_recv_buffer_bytes: usize,
     /// Let quinn batch datagrams into one send call (GSO) where the platform supports it.
     pub segmentation_offload: bool,
+    /// Ask the peer to acknowledge only every this many ack-eliciting packets (QUIC's
+    /// ACK-frequency extension; `None`: the peer's default of every other packet).
+    pub ack_every_packets: Option<u32>,
     /// Streams a peer may have open at once, per direction.
     pub max_concurrent_streams: u32,
     /// Interval of keep-alive packets on an idle connection.
@@ -142,6 +150,7 @@ impl TransportTuning {
             socket_send_buffer_bytes: 4 << 20,
             socket_recv_buffer_bytes: 4 << 20,
             segmentation_offload: true,
+            ack_every_packets: None,
             max_concurrent_streams: 1024,
             keep_alive_ms: 2_000,
             idle_timeout_ms: 10_000,
@@ -225,6 +234,13 @@ impl TransportTuning {
                 streams: self.max_concurrent_streams,
             });
         }
+        if let Some(n) = self.ack_every_packets
+            && !(1..=MAX_ACK_EVERY_PACKETS).contains(&n)
+        {
+            return Err(TuningError::AckEvery {
+                ack_every_packets: n,
+            });
+        }
         if self.keep_alive_ms == 0 || self.keep_alive_ms.saturating_mul(2) >= self.idle_timeout_ms {
             return Err(TuningError::KeepAlive {
                 keep_alive_ms: self.keep_alive_ms,
@@ -254,6 +270,11 @@ impl TransportTuning {
             .max_concurrent_bidi_streams(streams)
             .max_concurrent_uni_streams(streams)
             .enable_segmentation_offload(self.segmentation_offload)
+            .ack_frequency_config(self.ack_every_packets.map(|n| {
+                let mut a = quinn::AckFrequencyConfig::default();
+                a.ack_eliciting_threshold(quinn::VarInt::from_u32(n.saturating_sub(1)));
+                a
+            }))
             .keep_alive_interval(Some(Duration::from_millis(self.keep_alive_ms)))
             .congestion_controller_factory(self.congestion_factory());
         if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms))

@@ -24,9 +24,14 @@ pub struct TuningArgs {
     /// the cluster's endpoints).
     #[arg(long, default_value = "loopback")]
     profile: String,
+    /// The QUIC receiver copies each chunk into a 1 MiB buffer (`read`) instead of taking
+    /// quinn's decrypted chunks by reference (`read_chunk`).
+    #[arg(long)]
+    copy_reads: bool,
     /// Override one knob of the profile, `KEY=VALUE` (repeatable): initial_mtu,
     /// mtu_upper_bound (0: no discovery), stream_window, conn_window, send_window,
-    /// congestion (cubic|bbr|newreno), initial_window, sndbuf, rcvbuf, gso (0|1).
+    /// congestion (cubic|bbr|newreno), initial_window, sndbuf, rcvbuf, gso (0|1),
+    /// ack_every (packets per ACK asked of the peer; 0: its default).
     #[arg(long = "tune", value_name = "KEY=VALUE")]
     tune: Vec<String>,
 }
@@ -39,8 +44,8 @@ pub struct TransportArgs {
     /// Size of each write, KiB.
     #[arg(long, default_value_t = 1024)]
     chunk_kib: usize,
-    /// Parallel QUIC streams on one connection (and as many TCP connections).
-    #[arg(long, default_value_t = 4)]
+    /// Parallel QUIC streams (and as many TCP connections).
+    #[arg(long, default_value_t = 1)]
     streams: usize,
     /// QUIC connections the streams are spread over (each connection is driven by one task).
     #[arg(long, default_value_t = 1)]
@@ -163,6 +168,9 @@ impl TuningArgs {
 
     fn to_args(&self) -> Vec<String> {
         let mut args = vec!["--profile".to_string(), self.profile.clone()];
+        if self.copy_reads {
+            args.push("--copy-reads".into());
+        }
         for kv in &self.tune {
             args.push("--tune".into());
             args.push(kv.clone());
@@ -189,6 +197,12 @@ fn apply_tune(t: &mut TransportTuning, kv: &str) -> anyhow::Result<()> {
         "sndbuf" => t.socket_send_buffer_bytes = usize::try_from(num()?)?,
         "rcvbuf" => t.socket_recv_buffer_bytes = usize::try_from(num()?)?,
         "gso" => t.segmentation_offload = num()? != 0,
+        "ack_every" => {
+            t.ack_every_packets = match num()? {
+                0 => None,
+                n => Some(u32::try_from(n)?),
+            }
+        }
         "congestion" => {
             t.congestion = match value {
                 "cubic" => CongestionControl::Cubic,
@@ -482,12 +496,22 @@ async fn tcp_round(addr: SocketAddr, data: &Bytes, plan: Plan) -> anyhow::Result
     Ok(start.elapsed())
 }
 
-/// Reads a QUIC stream to its end into a buffer and answers with the count.
-async fn quic_sink(mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> anyhow::Result<()> {
-    let mut buf = vec![0u8; 1 << 20];
+/// Reads a QUIC stream to its end, by reference or into a buffer, and answers with the count.
+async fn quic_sink(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    copy_reads: bool,
+) -> anyhow::Result<()> {
     let mut total = 0u64;
-    while let Some(n) = recv.read(&mut buf).await? {
-        total += n as u64;
+    if copy_reads {
+        let mut buf = vec![0u8; 1 << 20];
+        while let Some(n) = recv.read(&mut buf).await? {
+            total += n as u64;
+        }
+    } else {
+        while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+            total += chunk.bytes.len() as u64;
+        }
     }
     send.write_u64(total).await?;
     send.finish()?;
@@ -515,6 +539,7 @@ async fn tcp_sink(mut s: tokio::net::TcpStream) -> anyhow::Result<()> {
 /// [`PEER_BOUND`].
 pub fn peer(args: PeerArgs) -> anyhow::Result<()> {
     let tuning = args.tuning.tuning()?;
+    let copy_reads = args.tuning.copy_reads;
     runtime()?.block_on(async move {
         let me = Identity::load(&args.certs, "peer")?;
         let ep = me.endpoint_tuned("127.0.0.1:0".parse()?, &tuning)?;
@@ -526,7 +551,7 @@ pub fn peer(args: PeerArgs) -> anyhow::Result<()> {
                 tokio::spawn(async move {
                     while let Ok((send, recv)) = conn.accept_bi().await {
                         tokio::spawn(async move {
-                            if let Err(e) = quic_sink(send, recv).await {
+                            if let Err(e) = quic_sink(send, recv, copy_reads).await {
                                 eprintln!("peer: QUIC stream: {e:#}");
                             }
                         });
