@@ -205,18 +205,8 @@ impl Identity {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone()))
     }
 
-    /// A QUIC server configuration that requires a client certificate from the cluster CA
-    /// (default tuning).
-    pub fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
-        self.server_config_tuned(&TransportTuning::default())
-    }
-
-    /// [`server_config`](Self::server_config) with the given tuning.
-    pub fn server_config_tuned(
-        &self,
-        tuning: &TransportTuning,
-    ) -> Result<quinn::ServerConfig, TlsError> {
-        tuning.validate()?;
+    /// TLS 1.3 server side: requires a client certificate from the cluster CA.
+    fn server_tls(&self) -> Result<rustls::ServerConfig, TlsError> {
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots(&self.ca)?),
             provider(),
@@ -230,7 +220,34 @@ impl Identity {
             .with_single_cert(vec![self.cert.clone()], self.key())
             .map_err(|e| TlsError::Config(e.to_string()))?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
-        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        Ok(tls)
+    }
+
+    /// TLS 1.3 client side: presents this identity, trusts only the cluster CA.
+    fn client_tls(&self) -> Result<rustls::ClientConfig, TlsError> {
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(roots(&self.ca)?)
+            .with_client_auth_cert(vec![self.cert.clone()], self.key())
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(tls)
+    }
+
+    /// A QUIC server configuration that requires a client certificate from the cluster CA
+    /// (default tuning).
+    pub fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
+        self.server_config_tuned(&TransportTuning::default())
+    }
+
+    /// [`server_config`](Self::server_config) with the given tuning.
+    pub fn server_config_tuned(
+        &self,
+        tuning: &TransportTuning,
+    ) -> Result<quinn::ServerConfig, TlsError> {
+        tuning.validate()?;
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(self.server_tls()?)
             .map_err(|e| TlsError::Config(e.to_string()))?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
         cfg.transport_config(tuning.transport_config());
@@ -249,14 +266,7 @@ impl Identity {
         tuning: &TransportTuning,
     ) -> Result<quinn::ClientConfig, TlsError> {
         tuning.validate()?;
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_root_certificates(roots(&self.ca)?)
-            .with_client_auth_cert(vec![self.cert.clone()], self.key())
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(self.client_tls()?)
             .map_err(|e| TlsError::Config(e.to_string()))?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
         cfg.transport_config(tuning.transport_config());
@@ -294,5 +304,57 @@ impl Identity {
         .map_err(|source| TlsError::Endpoint { addr, source })?;
         ep.set_default_client_config(client);
         Ok(ep)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::quic::{ClientConnection, ServerConnection, Version};
+
+    /// Members negotiate AES-128-GCM (see [`provider`]): a QUIC handshake in memory.
+    #[test]
+    fn members_negotiate_aes_128_gcm() {
+        let ca = ClusterCa::generate("suite").unwrap();
+        let (a, b) = (ca.issue("node-1").unwrap(), ca.issue("node-2").unwrap());
+        let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).unwrap();
+        let mut client = ClientConnection::new(
+            Arc::new(a.client_tls().unwrap()),
+            Version::V1,
+            name,
+            b"client params".to_vec(),
+        )
+        .unwrap();
+        let mut server = ServerConnection::new(
+            Arc::new(b.server_tls().unwrap()),
+            Version::V1,
+            b"server params".to_vec(),
+        )
+        .unwrap();
+        for _ in 0..16 {
+            let mut buf = Vec::new();
+            client.write_hs(&mut buf);
+            if !buf.is_empty() {
+                server.read_hs(&buf).unwrap();
+            }
+            let mut buf = Vec::new();
+            server.write_hs(&mut buf);
+            if !buf.is_empty() {
+                client.read_hs(&buf).unwrap();
+            }
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!client.is_handshaking() && !server.is_handshaking());
+        for suite in [
+            client.negotiated_cipher_suite(),
+            server.negotiated_cipher_suite(),
+        ] {
+            assert_eq!(
+                suite.map(|s| s.suite()),
+                Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+            );
+        }
     }
 }
