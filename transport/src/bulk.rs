@@ -53,8 +53,9 @@ pub struct BulkLimits {
     pub max_block_bytes: u32,
     /// Blocks × block size.
     pub max_transfer_bytes: u64,
-    /// How long the sender waits for the receiver's answer once everything is sent.
-    pub answer_timeout_ms: u64,
+    /// Time limit of each side's part: the sender's from its first byte to the receiver's
+    /// answer, the receiver's for the header and ids, and again for the blocks.
+    pub timeout_ms: u64,
 }
 
 impl Default for BulkLimits {
@@ -63,7 +64,7 @@ impl Default for BulkLimits {
             max_blocks: 1 << 16,
             max_block_bytes: 16 << 20,
             max_transfer_bytes: 4 << 30,
-            answer_timeout_ms: 30_000,
+            timeout_ms: 60_000,
         }
     }
 }
@@ -111,9 +112,9 @@ pub enum BulkError {
     /// The receiver answered with another checksum than the one sent.
     #[error("the receiver acknowledged {answered:#018x}, not {sent:#018x}")]
     WrongAnswer { sent: u64, answered: u64 },
-    /// No answer within the limit.
-    #[error("no answer from the receiver within {after_ms} ms")]
-    AnswerTimeout { after_ms: u64 },
+    /// The transfer did not complete within [`BulkLimits::timeout_ms`].
+    #[error("the transfer did not complete within {after_ms} ms")]
+    Timeout { after_ms: u64 },
     /// The sender abandoned the stream with this code.
     #[error("the sender reset the stream with code {code}")]
     Reset { code: u64 },
@@ -138,6 +139,7 @@ impl BulkError {
             BulkError::BufferTooSmall { .. } => Some(codes::BULK_TOO_LARGE),
             BulkError::Truncated { .. } | BulkError::TrailingBytes => Some(codes::BULK_TRUNCATED),
             BulkError::Checksum { .. } => Some(codes::BULK_CHECKSUM),
+            BulkError::Timeout { .. } => Some(codes::BULK_TIMEOUT),
             _ => None,
         }
     }
@@ -283,7 +285,8 @@ pub struct Transferred {
 }
 
 /// Sends `blocks` on the bidirectional stream `(send, recv)` (one transfer per stream) and
-/// waits for the receiver to confirm it got them intact.
+/// waits for the receiver to confirm it got them intact, all within
+/// [`BulkLimits::timeout_ms`].
 pub async fn send_blocks(
     (mut send, mut recv): (quinn::SendStream, quinn::RecvStream),
     blocks: &[Block],
@@ -297,6 +300,26 @@ pub async fn send_blocks(
             return Err(e);
         }
     };
+    let bound = Duration::from_millis(limits.timeout_ms);
+    match tokio::time::timeout(bound, send_all(&mut send, &mut recv, header, blocks)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let code = VarInt::from_u32(codes::BULK_TIMEOUT);
+            send.reset(code).ok();
+            recv.stop(code).ok();
+            Err(BulkError::Timeout {
+                after_ms: limits.timeout_ms,
+            })
+        }
+    }
+}
+
+async fn send_all(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    header: BulkHeader,
+    blocks: &[Block],
+) -> Result<Transferred, BulkError> {
     let mut hash = Xxh64::default();
     let head = header.to_bytes();
     let ids = ids_bytes(blocks.iter().map(|b| b.id));
@@ -320,23 +343,16 @@ pub async fn send_blocks(
         .map_err(BulkError::write)?;
     send.finish().map_err(|_| BulkError::Closed)?;
 
-    let bound = Duration::from_millis(limits.answer_timeout_ms);
     let mut answer = [0u8; 8];
-    match tokio::time::timeout(bound, recv.read_exact(&mut answer)).await {
-        Err(_) => {
-            send.reset(VarInt::from_u32(codes::DONE)).ok();
-            return Err(BulkError::AnswerTimeout {
-                after_ms: limits.answer_timeout_ms,
-            });
-        }
-        Ok(Ok(())) => {}
+    match recv.read_exact(&mut answer).await {
+        Ok(()) => {}
         // The receiver resets its half with the code of its refusal.
-        Ok(Err(quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code)))) => {
+        Err(quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code))) => {
             return Err(BulkError::Rejected {
                 code: code.into_inner(),
             });
         }
-        Ok(Err(e)) => return Err(BulkError::read_exact(e, 8)),
+        Err(e) => return Err(BulkError::read_exact(e, 8)),
     }
     let answered = u64::from_le_bytes(answer);
     if answered != checksum {
@@ -357,10 +373,12 @@ pub struct BulkReceiver {
     header: BulkHeader,
     ids: Vec<u64>,
     hash: Xxh64,
+    timeout_ms: u64,
 }
 
 impl BulkReceiver {
-    /// Reads and checks the header and the ids of a transfer arriving on `(send, recv)`.
+    /// Reads and checks the header and the ids of a transfer arriving on `(send, recv)`,
+    /// within [`BulkLimits::timeout_ms`].
     pub async fn accept(
         (send, recv): (quinn::SendStream, quinn::RecvStream),
         limits: &BulkLimits,
@@ -374,8 +392,16 @@ impl BulkReceiver {
             },
             ids: Vec::new(),
             hash: Xxh64::default(),
+            timeout_ms: limits.timeout_ms,
         };
-        match this.read_head(limits).await {
+        let bound = Duration::from_millis(limits.timeout_ms);
+        let read = match tokio::time::timeout(bound, this.read_head(limits)).await {
+            Ok(r) => r,
+            Err(_) => Err(BulkError::Timeout {
+                after_ms: limits.timeout_ms,
+            }),
+        };
+        match read {
             Ok(()) => Ok(this),
             Err(e) => Err(this.refuse(e)),
         }
@@ -417,10 +443,18 @@ impl BulkReceiver {
     }
 
     /// Receives the blocks into `dest[..transfer_bytes()]` (block `i` at
-    /// `i * block_bytes`), checks the checksum and confirms to the sender. On error, the
-    /// contents of `dest` are unspecified and the sender is told why.
+    /// `i * block_bytes`), checks the checksum and confirms to the sender, within
+    /// [`BulkLimits::timeout_ms`]. On error, the contents of `dest` are unspecified and the
+    /// sender is told why.
     pub async fn receive_into(mut self, dest: &mut [u8]) -> Result<Transferred, BulkError> {
-        match self.receive(dest).await {
+        let bound = Duration::from_millis(self.timeout_ms);
+        let received = match tokio::time::timeout(bound, self.receive(dest)).await {
+            Ok(r) => r,
+            Err(_) => Err(BulkError::Timeout {
+                after_ms: self.timeout_ms,
+            }),
+        };
+        match received {
             Ok(t) => Ok(t),
             Err(e) => Err(self.refuse(e)),
         }

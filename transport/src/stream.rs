@@ -33,6 +33,8 @@ pub mod codes {
     pub const BULK_TOO_LARGE: u32 = 0x22;
     /// The stream ended inside a bulk transfer.
     pub const BULK_TRUNCATED: u32 = 0x23;
+    /// A bulk transfer did not complete within its time limit.
+    pub const BULK_TIMEOUT: u32 = 0x24;
 }
 
 /// The largest frame a stream accepts unless told otherwise (see
@@ -206,6 +208,9 @@ impl MessageReceiver {
     ///
     /// On a bad frame the stream is stopped with the error's [`code`](StreamError::code)
     /// and every later call returns [`StreamError::Closed`].
+    ///
+    /// Not cancel-safe: dropping the future in the middle of a frame loses the frame's bytes
+    /// read so far, and the stream must then be abandoned ([`stop`](Self::stop)).
     pub async fn recv(&mut self) -> Result<Option<Message>, StreamError> {
         if self.failed {
             return Err(StreamError::Closed);

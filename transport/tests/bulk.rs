@@ -333,3 +333,55 @@ async fn the_sender_checks_its_blocks_before_sending() {
         .unwrap_err();
     assert!(matches!(err, BulkError::TransferTooLarge { .. }), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_sender_is_timed_out_by_the_receiver() {
+    let limits = BulkLimits {
+        timeout_ms: 200,
+        ..BulkLimits::default()
+    };
+    let mut h = harness(limits, 0).await;
+    // The header and ids arrive, the blocks never do; the stream stays open.
+    let (bytes, _) = wire(&blocks(4, 1024, 10));
+    let (mut send, mut recv) = h.client.open_bi().await.unwrap();
+    send.write_all(&bytes[..bulk::HEADER_BYTES + 4 * 8 + 10])
+        .await
+        .unwrap();
+    let r = h.next().await;
+    assert_eq!(r.result, Err(BulkError::Timeout { after_ms: 200 }));
+    let mut answer = [0u8; 8];
+    let err = timeout(BOUND, recv.read_exact(&mut answer))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        quinn::ReadExactError::ReadError(quinn::ReadError::Reset(codes::BULK_TIMEOUT.into()))
+    );
+    h.assert_works().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_receiver_is_timed_out_by_the_sender() {
+    let h = harness(BulkLimits::default(), 0).await;
+    // The harness's server receives every stream the client opens, so this transfer goes the
+    // other way: the server sends, the client accepts the stream and never reads or answers.
+    let silent = tokio::spawn({
+        let client = h.client.clone();
+        async move {
+            let (_send, _recv) = client.accept_bi().await.unwrap();
+            std::future::pending::<()>().await
+        }
+    });
+    let bi = h.server.open_bi().await.unwrap();
+    let limits = BulkLimits {
+        timeout_ms: 300,
+        ..BulkLimits::default()
+    };
+    let err = timeout(BOUND, bulk::send_blocks(bi, &blocks(2, 1024, 11), &limits))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err, BulkError::Timeout { after_ms: 300 });
+    silent.abort();
+}
