@@ -8,10 +8,12 @@
 //! - [`router_cmd`] — the router service (`strata router --config`).
 //! - [`node`] — a node service (`strata node --config`).
 //! - [`logging`] — log setup of the long-running services.
+//! - [`malloc`] — the allocator policy of the process (keep freed network buffers).
 
 mod bench;
 mod certs;
 mod logging;
+mod malloc;
 mod node;
 mod router_cmd;
 mod up;
@@ -44,6 +46,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    malloc::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Up(args) => up::run(args),

@@ -1,4 +1,5 @@
-//! `strata bench transport` end to end: two processes, mutual TLS over QUIC, and TCP.
+//! `strata bench transport` end to end: two processes, mutual TLS over QUIC, and TCP, over
+//! two streams and two rounds.
 
 use std::process::Command;
 
@@ -16,6 +17,10 @@ fn moves_data_over_quic_and_tcp_between_two_processes() {
             "0.01",
             "--chunk-kib",
             "64",
+            "--streams",
+            "2",
+            "--rounds",
+            "2",
             "--json",
         ])
         .arg(&json)
@@ -38,5 +43,15 @@ fn moves_data_over_quic_and_tcp_between_two_processes() {
             report[key]
         );
     }
+    let rounds = report["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 2);
+    for r in rounds {
+        for key in ["quic_gb_s", "tcp_gb_s", "quic_over_tcp"] {
+            assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {r}");
+        }
+        assert!(r["quic_cpu_s_per_gb"].as_f64().is_some(), "{r}");
+    }
+    assert_eq!(report["streams"], 2);
+    assert_eq!(report["profile"], "loopback");
     let _ = std::fs::remove_file(&json);
 }

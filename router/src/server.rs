@@ -49,10 +49,10 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningRouter, StartError> {
     let identity = Identity::load(&cfg.tls.dir, &cfg.tls.member)?;
-    let bind = SocketAddr::from(([0, 0, 0, 0], 0));
-    let mut endpoint =
-        quinn::Endpoint::client(bind).map_err(|source| StartError::Bind { addr: bind, source })?;
-    endpoint.set_default_client_config(identity.client_config()?);
+    // The cluster's tuned endpoint (GSO-capped socket, LAN windows), as a client only: a
+    // router dials nodes and accepts no QUIC connections.
+    let endpoint = identity.endpoint(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    endpoint.set_server_config(None);
 
     let mut models = ModelRegistry::new();
     for m in &cfg.models {

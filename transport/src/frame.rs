@@ -47,7 +47,7 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, FrameError> {
 }
 
 /// Validates and deserializes a frame body that is already aligned.
-fn decode_aligned(body: &AlignedVec<16>) -> Result<Message, FrameError> {
+pub(crate) fn decode_aligned(body: &AlignedVec<16>) -> Result<Message, FrameError> {
     let archived = rkyv::access::<ArchivedMessage, rancor::Error>(body)
         .map_err(|e| FrameError::Invalid(format!("{e} ({} bytes)", body.len())))?;
     rkyv::deserialize::<Message, rancor::Error>(archived)
