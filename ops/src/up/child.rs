@@ -64,9 +64,10 @@ pub async fn spawn(
         Ok(Ok(None)) | Ok(Err(_)) => {
             let status = child.wait().await.ok();
             bail!(
-                "{id} exited before it was ready ({}); see {}",
+                "{id} exited before it was ready ({}); the end of {}:\n{}",
                 status.map_or("unknown status".into(), |s| s.to_string()),
-                log.display()
+                log.display(),
+                tail(log, 5)
             );
         }
         Err(_) => bail!(
@@ -114,4 +115,11 @@ impl Member {
             let _ = self.child.kill().await;
         }
     }
+}
+
+/// The last `n` lines of a log file (empty when unreadable).
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
