@@ -3,4 +3,8 @@
 //! machine (members, nodes, deployments, SLO classes, routing policy) whose `apply` validates
 //! every command.
 //!
-//! Module map: empty until the control-plane issue lands; the design is in `DESIGN.md`.
+//! Module map:
+//! - `state` — `ClusterState`, the `Command`s the log carries and their deterministic `apply`
+//!   (sans-IO: no clock, no I/O; rejects a bad command the same way on every replica).
+
+pub mod state;
