@@ -6,5 +6,8 @@
 //! Module map:
 //! - `state` — `ClusterState`, the `Command`s the log carries and their deterministic `apply`
 //!   (sans-IO: no clock, no I/O; rejects a bad command the same way on every replica).
+//! - `store` — openraft's type config and durable storage on redb (one file per replica): the
+//!   log and vote (`LogStore`), the applied state and its snapshots (`StateMachineStore`).
 
 pub mod state;
+pub mod store;
