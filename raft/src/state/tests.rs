@@ -392,7 +392,7 @@ fn node_name() -> impl Strategy<Value = String> {
 fn instance(layers: u32) -> impl Strategy<Value = Instance> {
     let tiled = (
         prop::collection::btree_set(1..layers.max(2), 0..3),
-        prop::sample::subsequence(NODES.to_vec(), 1..=4).prop_shuffle(),
+        prop::sample::subsequence(NODES.to_vec(), 1..=2).prop_shuffle(),
     )
         .prop_map(move |(cuts, nodes)| {
             let mut bounds: Vec<u32> = std::iter::once(0)
@@ -425,8 +425,9 @@ fn instance(layers: u32) -> impl Strategy<Value = Instance> {
 
 fn command() -> impl Strategy<Value = Command> {
     let model = prop::sample::select(vec!["m0", "m1", ""]).prop_map(str::to_owned);
-    let deploy = (model.clone(), 0..6u32).prop_flat_map(|(model, layers)| {
-        prop::collection::vec(instance(layers), 0..3).prop_map(move |instances| Command::Deploy {
+    let layers = prop_oneof![9 => 1..6u32, 1 => Just(0u32)];
+    let deploy = (model.clone(), layers).prop_flat_map(|(model, layers)| {
+        prop::collection::vec(instance(layers), 0..4).prop_map(move |instances| Command::Deploy {
             model: model.clone(),
             source: "tiny".into(),
             layers,
@@ -435,14 +436,20 @@ fn command() -> impl Strategy<Value = Command> {
     });
     let target = prop_oneof![Just(f64::NAN), Just(0.0), Just(-1.0), 1.0..1000.0f64];
     prop_oneof![
-        1 => (node_name(), 7000..7004u16, prop::sample::select(vec!["a", "b", ""])).prop_map(
-            |(id, port, fp)| Command::RegisterNode {
-                id,
-                addr: addr(port),
-                cert_fingerprint: fp.into(),
-                hardware: Hardware::default(),
-            }
-        ),
+        // Mostly a node's own port and certificate; sometimes a clash or an empty fingerprint.
+        3 => (node_name(), 0..8u16, prop::sample::select(vec!["own", "own", "own", "other", ""]))
+            .prop_map(|(id, clash, fp)| {
+                let own: u16 = id[1..].parse().expect("n<digit>");
+                Command::RegisterNode {
+                    addr: addr(7000 + if clash < 7 { own } else { clash % 4 }),
+                    cert_fingerprint: match fp {
+                        "own" => format!("fp-{id}"),
+                        other => other.to_owned(),
+                    },
+                    id,
+                    hardware: Hardware::default(),
+                }
+            }),
         1 => node_name().prop_map(|id| Command::RemoveNode { id }),
         1 => node_name().prop_map(|id| Command::Drain { id }),
         1 => node_name().prop_map(|id| Command::Undrain { id }),
@@ -493,4 +500,29 @@ proptest! {
             prop_assert_eq!(a.validate(), Ok(()));
         }
     }
+}
+
+/// The generator reaches every kind of success, deployments included, so the property above
+/// tests more than rejections.
+#[test]
+fn generator_reaches_accepted_deploys_and_removals() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, TestRunner};
+    let mut runner = TestRunner::new(Config::default());
+    let strategy = prop::collection::vec(command(), 0..60);
+    let (mut deploys, mut removals) = (0, 0);
+    for _ in 0..200 {
+        let cmds = strategy.new_tree(&mut runner).expect("generate").current();
+        let mut s = ClusterState::default();
+        for cmd in cmds {
+            let is_deploy = matches!(cmd, Command::Deploy { .. });
+            let is_remove = matches!(cmd, Command::RemoveNode { .. });
+            if s.apply(cmd).is_ok() {
+                deploys += usize::from(is_deploy);
+                removals += usize::from(is_remove);
+            }
+        }
+    }
+    assert!(deploys > 20, "only {deploys} accepted deploys");
+    assert!(removals > 5, "only {removals} accepted node removals");
 }
