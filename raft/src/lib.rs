@@ -3,4 +3,11 @@
 //! machine (members, nodes, deployments, SLO classes, routing policy) whose `apply` validates
 //! every command.
 //!
-//! Module map: empty until the control-plane issue lands; the design is in `DESIGN.md`.
+//! Module map:
+//! - `state` — `ClusterState`, the `Command`s the log carries and their deterministic `apply`
+//!   (sans-IO: no clock, no I/O; rejects a bad command the same way on every replica).
+//! - `store` — openraft's type config and durable storage on redb (one file per replica): the
+//!   log and vote (`LogStore`), the applied state and its snapshots (`StateMachineStore`).
+
+pub mod state;
+pub mod store;
