@@ -7,6 +7,10 @@
 //!   reset or a finished send side all cancel the request on the node.
 //! - **subscription**: router sends `Subscribe`; node answers `Hello` once, then `Load` every
 //!   report interval and on change, and `KvEvents` as its prefix cache changes.
+//! - **raft** (router ↔ router, on the control-plane endpoint): the caller sends one `Raft`
+//!   request; the callee answers one `Raft` response with the same `kind`, then both finish.
+//!   The body is serde JSON of openraft's types, which are not rkyv types; the outer frame is
+//!   still an rkyv archive, validated before use.
 
 use super::cost::CostProfile;
 use super::ids::RequestId;
@@ -160,6 +164,12 @@ pub enum Message {
     Hello(NodeInfo),
     Load(LoadReport),
     KvEvents(Vec<WireKvEvent>),
+    /// One Raft RPC or its answer: `kind` names the RPC (the raft crate's numbering), `body`
+    /// is its serde encoding, opaque to the transport.
+    Raft {
+        kind: u8,
+        body: Vec<u8>,
+    },
 }
 
 impl Message {
@@ -175,6 +185,7 @@ impl Message {
             Message::Hello(_) => "Hello",
             Message::Load(_) => "Load",
             Message::KvEvents(_) => "KvEvents",
+            Message::Raft { .. } => "Raft",
         }
     }
 }

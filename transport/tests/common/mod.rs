@@ -104,6 +104,14 @@ pub fn every_message() -> Vec<Message> {
                 layer: 79,
             },
         ]),
+        Message::Raft {
+            kind: 1,
+            body: br#"{"vote":{"leader_id":{"term":3,"node_id":2},"committed":false}}"#.to_vec(),
+        },
+        Message::Raft {
+            kind: 255,
+            body: Vec::new(),
+        },
     ]
 }
 
