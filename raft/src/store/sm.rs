@@ -14,6 +14,7 @@ use redb::Database;
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// A snapshot as stored: openraft's metadata and the serialized `ClusterState`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,6 +33,8 @@ pub struct StateMachineStore {
     state: ClusterState,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
+    /// The applied state as of the last commit, for local readers (shared by clones).
+    applied: Arc<watch::Sender<Arc<ClusterState>>>,
 }
 
 impl StateMachineStore {
@@ -39,7 +42,9 @@ impl StateMachineStore {
     pub(super) fn load(db: Arc<Database>) -> Result<StateMachineStore, StoreError> {
         let state: ClusterState = get(&db, SM, KEY_STATE)?.unwrap_or_default();
         state.validate()?;
+        let applied = Arc::new(watch::Sender::new(Arc::new(state.clone())));
         Ok(StateMachineStore {
+            applied,
             state,
             last_applied: get::<Option<_>>(&db, SM, KEY_LAST_APPLIED)?.flatten(),
             membership: get(&db, SM, KEY_MEMBERSHIP)?.unwrap_or_default(),
@@ -50,6 +55,13 @@ impl StateMachineStore {
     /// The applied state; routing reads it locally and never waits on Raft.
     pub fn state(&self) -> &ClusterState {
         &self.state
+    }
+
+    /// A receiver of the applied state, updated after each committed apply or snapshot
+    /// install: how local readers (routing, tests) follow the state machine after openraft owns
+    /// the store.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.applied.subscribe()
     }
 
     /// The last log id applied.
@@ -76,6 +88,7 @@ impl StateMachineStore {
             }
         }
         txn.commit()?;
+        self.applied.send_replace(Arc::new(self.state.clone()));
         Ok(())
     }
 
