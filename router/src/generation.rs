@@ -136,6 +136,11 @@ pub trait Backend: Send + Sync + 'static {
     /// The models deployed.
     fn models(&self) -> Vec<ModelCard>;
 
+    /// One model's card (every request asks; a backend may answer without listing them all).
+    fn model(&self, name: &str) -> Option<ModelCard> {
+        self.models().into_iter().find(|c| c.name == name)
+    }
+
     /// Whether a request could be served now (some instance of some model is healthy).
     fn ready(&self) -> bool;
 }

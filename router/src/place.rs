@@ -11,36 +11,13 @@
 
 use crate::predict::{Prediction, predict};
 use crate::view::{ClusterView, InstanceState};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use strata_transport::proto::{SloClass, kv};
 
-/// How to choose among instances.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Policy {
-    RoundRobin,
-    LeastLoaded,
-    PrefixAffinity,
-    #[default]
-    PredictedTtft,
-}
-
-impl std::str::FromStr for Policy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "round_robin" => Ok(Policy::RoundRobin),
-            "least_loaded" => Ok(Policy::LeastLoaded),
-            "prefix_affinity" => Ok(Policy::PrefixAffinity),
-            "predicted_ttft" => Ok(Policy::PredictedTtft),
-            _ => Err(format!(
-                "unknown policy {s:?} (round_robin, least_loaded, prefix_affinity, predicted_ttft)"
-            )),
-        }
-    }
-}
+/// How to choose among instances: the replicated control plane's policy type, so a policy set
+/// through Raft and one read from a config file are the same value.
+pub use strata_raft::state::Policy;
 
 /// What placement needs to know about a request.
 #[derive(Debug, Clone, Copy)]
@@ -188,7 +165,7 @@ fn argmin<T>(items: &[T], score: impl Fn(&T) -> f64) -> usize {
     let mut best = (0, f64::INFINITY);
     for (i, item) in items.iter().enumerate() {
         let s = score(item);
-        if s < best.1 || (i == 0 && s.is_infinite()) {
+        if s < best.1 {
             best = (i, s);
         }
     }

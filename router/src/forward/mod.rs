@@ -285,6 +285,10 @@ impl Backend for Forwarder {
             .collect()
     }
 
+    fn model(&self, name: &str) -> Option<ModelCard> {
+        self.shared.card(name)
+    }
+
     fn ready(&self) -> bool {
         let now = Instant::now();
         let silence = self.shared.limits.node_silence();
@@ -431,7 +435,8 @@ async fn relay(
     run: &mut Running,
     tx: &mpsc::Sender<GenEvent>,
 ) -> Outcome {
-    let first_of_attempt = job.emitted.len();
+    // Only an attempt that started from the original prompt reports its cache hits as usage.
+    let from_original_prompt = job.emitted.is_empty();
     loop {
         let frame = tokio::select! {
             f = run.attempt.frames.recv() => f,
@@ -445,7 +450,7 @@ async fn relay(
         };
         match msg {
             Message::Token(t) => {
-                if job.emitted.len() == first_of_attempt && first_of_attempt == 0 {
+                if job.emitted.is_empty() {
                     let observed = run.sent_at.elapsed();
                     if let Some(predicted) = run.predicted {
                         lock(&shared.view).handle_first_token(
@@ -472,9 +477,6 @@ async fn relay(
                 }
             }
             Message::Finish(f) => {
-                if job.emitted.len() == first_of_attempt {
-                    job.cached_tokens = f.cached_tokens;
-                }
                 let reason = match f.reason {
                     WireFinishReason::Length => FinishReason::Length,
                     WireFinishReason::Stop => FinishReason::Stop,
@@ -485,7 +487,7 @@ async fn relay(
                         return Outcome::Failover(format!("the node failed the request: {e}"));
                     }
                 };
-                if first_of_attempt == 0 {
+                if from_original_prompt {
                     job.cached_tokens = f.cached_tokens;
                 }
                 let _ = tx.send(finish(job, reason)).await;

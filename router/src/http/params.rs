@@ -187,7 +187,7 @@ pub(crate) fn generation(
         let msg = format!("Token id {bad} is outside the vocabulary of {vocab} tokens.");
         return Err(ApiError::invalid(msg, Some(prompt_param)));
     }
-    let card = state.backend.models().into_iter().find(|c| c.name == model);
+    let card = state.backend.model(model);
     let context = card.as_ref().and_then(|c| c.max_context);
     let max_tokens = match (checked.max_tokens, context) {
         (Some(n), Some(ctx)) if u64::from(prompt_len) + u64::from(n) > u64::from(ctx) => {
