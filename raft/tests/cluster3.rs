@@ -11,12 +11,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use strata_raft::control::{ControlClient, ControlService};
 use strata_raft::network::{NetworkConfig, QuicNetworkFactory, serve_raft};
 use strata_raft::state::{ClusterState, Command, Hardware};
 use strata_raft::store::{self, NodeId, TypeConfig};
 use strata_transport::pool::{ConnectionPool, PeerKey, PoolConfig};
 use strata_transport::proto::{Message, RequestId};
-use strata_transport::tls::{ClusterCa, Identity, SERVER_NAME};
+use strata_transport::tls::{ClusterCa, Identity, Role, SERVER_NAME};
 use tokio::sync::{oneshot, watch};
 
 /// Bound on every wait in these tests.
@@ -55,7 +56,7 @@ struct Replica {
 
 impl Replica {
     async fn start(id: NodeId, ca: &ClusterCa, dir: &TempDir) -> Replica {
-        let identity = ca.issue(&format!("router-{id}")).unwrap();
+        let identity = ca.issue_as(&format!("router-{id}"), Role::Router).unwrap();
         let endpoint = identity.endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
         let (log, sm) = store::open(&dir.0.join(format!("replica-{id}.redb"))).unwrap();
         let applied = sm.subscribe();
@@ -73,7 +74,14 @@ impl Replica {
             .await
             .unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve_raft(endpoint.clone(), raft.clone(), async {
+        let client = ControlClient::new(endpoint.clone(), Duration::from_secs(2)).unwrap();
+        let control = Arc::new(ControlService::new(
+            id,
+            raft.clone(),
+            applied.clone(),
+            client,
+        ));
+        let server = tokio::spawn(serve_raft(endpoint.clone(), raft.clone(), control, async {
             let _ = stopped.await;
         }));
         Replica {
@@ -227,8 +235,16 @@ async fn rpc_endpoint_refuses_foreign_certificates_and_survives_bad_frames() {
     let err = net.vote(vote(), option()).await.unwrap_err();
     assert!(matches!(err, RPCError::Unreachable(_)), "{err}");
 
-    // A member of the cluster can; a bad frame on one stream leaves the connection usable.
-    let member = ca.issue("router-8").unwrap();
+    // A certificate from the cluster CA without the router role cannot either.
+    let node = ca.issue_as("node-8", Role::Node).unwrap();
+    let endpoint = node.endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut factory = QuicNetworkFactory::new(endpoint, &NetworkConfig::default()).unwrap();
+    let mut net = factory.new_client(2, &target).await;
+    let err = net.vote(vote(), option()).await.unwrap_err();
+    assert!(matches!(err, RPCError::Network(_)), "{err}");
+
+    // A replica of the cluster can; a bad frame on one stream leaves the connection usable.
+    let member = ca.issue_as("router-8", Role::Router).unwrap();
     let endpoint = member.endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
     let pool = ConnectionPool::new(endpoint.clone(), PoolConfig::default()).unwrap();
     let peer = PeerKey::new(SERVER_NAME, addr);

@@ -1,39 +1,28 @@
-//! The router's configuration: where to listen, which nodes exist, which models they serve, and
-//! how to place requests. Static deployments until the Raft control plane replaces them.
+//! The router's configuration: where to listen, its certificate, its Raft replica, and the
+//! limits of its HTTP endpoint. What the cluster serves (nodes, deployments, SLO classes,
+//! the routing policy) is not here: it lives in the replicated control plane, changed with
+//! `strata admin`.
 //!
 //! ```toml
 //! id = "router-1"
-//! http = "127.0.0.1:8080"
-//! policy = "predicted_ttft"
+//! http = "127.0.0.1:8080"      # replicas on one machine may share it (SO_REUSEPORT)
 //! default_slo = "default"
 //!
 //! [tls]
 //! dir = "/var/lib/strata/certs"
-//! member = "router-1"
+//! member = "router-1"          # a certificate with the router role
 //!
-//! [[nodes]]
-//! id = "node-1"
-//! addr = "127.0.0.1:7001"
-//!
-//! [[models]]
-//! name = "tiny"
-//! # dir = "/models/llama-3-8b"   # tokenizer.json + tokenizer_config.json; absent: bytes
-//! instances = [["node-1"], ["node-2"]]
-//!
-//! [[slo]]
-//! name = "interactive"
-//! ttft_ms = 1000
-//! tpot_ms = 50
-//! priority = 1
+//! [raft]
+//! id = 1                       # unique, never reused
+//! listen = "127.0.0.1:7101"    # control endpoint: Raft, `strata admin`, node registration
+//! db = "/var/lib/strata/router-1.redb"
 //! ```
 
-use crate::place::Policy;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use strata_transport::proto::{SloClass, SloError};
 
 /// See the module doc.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,16 +34,9 @@ pub struct RouterConfig {
     #[serde(default = "default_http")]
     pub http: SocketAddr,
     pub tls: TlsConfig,
-    #[serde(default)]
-    pub policy: Policy,
-    #[serde(default)]
-    pub nodes: Vec<NodeEntry>,
-    #[serde(default)]
-    pub models: Vec<ModelEntry>,
-    /// SLO classes a request may name (header `x-strata-slo`), besides `default`.
-    #[serde(default)]
-    pub slo: Vec<SloClass>,
-    /// The class of requests that name none.
+    pub raft: RaftConfig,
+    /// The SLO class of requests that name none (built in: 10 s TTFT, 100 ms TPOT, unless the
+    /// control plane defines a class of this name).
     #[serde(default = "default_slo_name")]
     pub default_slo: String,
     #[serde(default)]
@@ -74,26 +56,41 @@ pub struct TlsConfig {
     pub member: String,
 }
 
-/// A node the router may forward to.
+/// This router's Raft replica.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NodeEntry {
-    pub id: String,
-    pub addr: SocketAddr,
+pub struct RaftConfig {
+    /// Raft id: unique in the cluster, never reused.
+    pub id: u64,
+    /// Where the control endpoint listens (Raft RPCs, `strata admin`, node registration).
+    pub listen: SocketAddr,
+    /// The address other replicas, nodes and admins dial; default: the bound address.
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// The replica's redb file (log, vote, state machine, snapshot).
+    pub db: PathBuf,
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    #[serde(default = "default_election_min_ms")]
+    pub election_timeout_min_ms: u64,
+    #[serde(default = "default_election_max_ms")]
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every_logs: u64,
 }
 
-/// A deployed model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelEntry {
-    /// The name clients use (`"model"` in requests).
-    pub name: String,
-    /// An HF model directory holding `tokenizer.json` (and `tokenizer_config.json` with the
-    /// chat template). Absent: the byte tokenizer and the built-in template.
-    #[serde(default)]
-    pub dir: Option<PathBuf>,
-    /// Instances, each the node ids of its stages in order (one id: a single-node instance).
-    pub instances: Vec<Vec<String>>,
+fn default_heartbeat_ms() -> u64 {
+    50
+}
+fn default_election_min_ms() -> u64 {
+    250
+}
+fn default_election_max_ms() -> u64 {
+    500
+}
+fn default_snapshot_every() -> u64 {
+    1000
 }
 
 /// Bounds on requests and on the router's work.
@@ -148,7 +145,7 @@ fn default_http() -> SocketAddr {
 }
 
 fn default_slo_name() -> String {
-    SloClass::default().name
+    strata_transport::proto::SloClass::default().name
 }
 
 /// A configuration that cannot run.
@@ -168,21 +165,21 @@ pub enum ConfigError {
         #[source]
         source: Box<toml::de::Error>,
     },
-    /// Two nodes, models or SLO classes share a name.
-    #[error("duplicate {what} `{name}`")]
-    Duplicate { what: &'static str, name: String },
-    /// A model's instance names a node that is not in `nodes`.
-    #[error("model `{model}` names node `{node}`, which is not in [[nodes]]")]
-    UnknownNode { model: String, node: String },
-    /// A model has no instances, or an instance has no nodes.
-    #[error("model `{model}` has an empty instance list or an instance with no nodes")]
-    EmptyInstance { model: String },
-    /// `default_slo` names no class.
-    #[error("default_slo `{0}` is not a configured SLO class")]
-    UnknownDefaultSlo(String),
-    /// An SLO class has a bad target.
-    #[error(transparent)]
-    Slo(#[from] SloError),
+    /// Raft's timers are inconsistent.
+    #[error(
+        "raft: need 0 < heartbeat_ms ({heartbeat_ms}) < election_timeout_min_ms ({min}) < election_timeout_max_ms ({max})"
+    )]
+    RaftTimers {
+        heartbeat_ms: u64,
+        min: u64,
+        max: u64,
+    },
+    /// `default_slo` is empty.
+    #[error("default_slo must name a class")]
+    EmptyDefaultSlo,
+    /// Two API keys are the same, or one is empty.
+    #[error("api_keys: {0}")]
+    ApiKeys(&'static str),
     /// A limit is zero.
     #[error("limits.{field} must be positive")]
     ZeroLimit { field: &'static str },
@@ -206,41 +203,31 @@ impl RouterConfig {
         Ok(cfg)
     }
 
-    /// Every SLO class, the built-in `default` included unless the file redefines it.
-    pub fn slo_classes(&self) -> Vec<SloClass> {
-        let mut all = self.slo.clone();
-        if !all.iter().any(|c| c.name == SloClass::default().name) {
-            all.push(SloClass::default());
-        }
-        all
-    }
-
     pub fn validate(&self) -> Result<(), ConfigError> {
-        unique("node", self.nodes.iter().map(|n| n.id.as_str()))?;
-        unique("model", self.models.iter().map(|m| m.name.as_str()))?;
-        unique("SLO class", self.slo.iter().map(|c| c.name.as_str()))?;
-        let nodes: HashSet<&str> = self.nodes.iter().map(|n| n.id.as_str()).collect();
-        for m in &self.models {
-            if m.instances.is_empty() || m.instances.iter().any(Vec::is_empty) {
-                return Err(ConfigError::EmptyInstance {
-                    model: m.name.clone(),
-                });
-            }
-            for node in m.instances.iter().flatten() {
-                if !nodes.contains(node.as_str()) {
-                    return Err(ConfigError::UnknownNode {
-                        model: m.name.clone(),
-                        node: node.clone(),
-                    });
-                }
-            }
+        let r = &self.raft;
+        if !(0 < r.heartbeat_ms
+            && r.heartbeat_ms < r.election_timeout_min_ms
+            && r.election_timeout_min_ms < r.election_timeout_max_ms)
+        {
+            return Err(ConfigError::RaftTimers {
+                heartbeat_ms: r.heartbeat_ms,
+                min: r.election_timeout_min_ms,
+                max: r.election_timeout_max_ms,
+            });
         }
-        let classes = self.slo_classes();
-        for c in &classes {
-            c.validate()?;
+        if r.snapshot_every_logs == 0 {
+            return Err(ConfigError::ZeroLimit {
+                field: "raft.snapshot_every_logs",
+            });
         }
-        if !classes.iter().any(|c| c.name == self.default_slo) {
-            return Err(ConfigError::UnknownDefaultSlo(self.default_slo.clone()));
+        if self.default_slo.is_empty() {
+            return Err(ConfigError::EmptyDefaultSlo);
+        }
+        if self.api_keys.iter().any(String::is_empty) {
+            return Err(ConfigError::ApiKeys("a key is empty"));
+        }
+        if self.api_keys.iter().collect::<HashSet<_>>().len() != self.api_keys.len() {
+            return Err(ConfigError::ApiKeys("a key is listed twice"));
         }
         let l = &self.limits;
         for (field, v) in [
@@ -267,19 +254,6 @@ impl RouterConfig {
     }
 }
 
-fn unique<'a>(what: &'static str, names: impl Iterator<Item = &'a str>) -> Result<(), ConfigError> {
-    let mut seen = HashSet::new();
-    for name in names {
-        if !seen.insert(name) {
-            return Err(ConfigError::Duplicate {
-                what,
-                name: name.to_string(),
-            });
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,20 +263,10 @@ mod tests {
         [tls]
         dir = "/tmp/certs"
         member = "router-1"
-        [[nodes]]
-        id = "node-1"
-        addr = "127.0.0.1:7001"
-        [[nodes]]
-        id = "node-2"
-        addr = "127.0.0.1:7002"
-        [[models]]
-        name = "tiny"
-        instances = [["node-1"], ["node-2"]]
-        [[slo]]
-        name = "interactive"
-        ttft_ms = 1000
-        tpot_ms = 50
-        priority = 1
+        [raft]
+        id = 1
+        listen = "127.0.0.1:7101"
+        db = "/tmp/router-1.redb"
     "#;
 
     fn parse(text: &str) -> RouterConfig {
@@ -314,31 +278,19 @@ mod tests {
         let cfg = parse(EXAMPLE);
         cfg.validate().expect("valid");
         assert_eq!(cfg.http, default_http());
-        assert_eq!(cfg.policy, Policy::PredictedTtft);
         assert_eq!(cfg.limits, Limits::default());
-        let names: Vec<_> = cfg.slo_classes().into_iter().map(|c| c.name).collect();
-        assert_eq!(names, ["interactive", "default"]);
+        assert_eq!(cfg.default_slo, "default");
+        assert_eq!(cfg.raft.heartbeat_ms, 50);
+        assert_eq!(cfg.raft.advertise, None);
     }
 
     #[test]
     fn rejects_what_cannot_run() {
         let mut cfg = parse(EXAMPLE);
-        cfg.models[0].instances.push(vec!["node-9".into()]);
+        cfg.raft.election_timeout_min_ms = 10;
         assert!(matches!(
             cfg.validate(),
-            Err(ConfigError::UnknownNode { node, .. }) if node == "node-9"
-        ));
-        let mut cfg = parse(EXAMPLE);
-        cfg.nodes.push(cfg.nodes[0].clone());
-        assert!(matches!(
-            cfg.validate(),
-            Err(ConfigError::Duplicate { what: "node", .. })
-        ));
-        let mut cfg = parse(EXAMPLE);
-        cfg.default_slo = "gold".into();
-        assert!(matches!(
-            cfg.validate(),
-            Err(ConfigError::UnknownDefaultSlo(_))
+            Err(ConfigError::RaftTimers { min: 10, .. })
         ));
         let mut cfg = parse(EXAMPLE);
         cfg.limits.max_attempts = 0;
@@ -349,11 +301,11 @@ mod tests {
             })
         ));
         let mut cfg = parse(EXAMPLE);
-        cfg.models[0].instances.push(vec![]);
-        assert!(matches!(
-            cfg.validate(),
-            Err(ConfigError::EmptyInstance { .. })
-        ));
+        cfg.api_keys = vec!["k".into(), "k".into()];
+        assert!(matches!(cfg.validate(), Err(ConfigError::ApiKeys(_))));
+        // The static deployments of earlier versions are refused by name.
+        let old = format!("{EXAMPLE}\n[[nodes]]\nid = \"n\"\naddr = \"127.0.0.1:1\"\n");
+        assert!(toml::from_str::<RouterConfig>(&old).is_err());
         assert!(toml::from_str::<RouterConfig>("id = 1").is_err());
     }
 }

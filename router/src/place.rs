@@ -93,7 +93,10 @@ impl Placer {
             .instances()
             .iter()
             .filter(|i| {
-                i.model == req.model && i.healthy(now, self.silence) && !req.exclude.contains(&i.id)
+                i.model == req.model
+                    && !i.draining
+                    && i.healthy(now, self.silence)
+                    && !req.exclude.contains(&i.id)
             })
             .collect();
         if candidates.is_empty() {
@@ -277,6 +280,31 @@ mod tests {
             }
             other => panic!("expected Overloaded, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn draining_instances_get_no_new_placements() {
+        let now = Instant::now();
+        let mut v = view(now, &[0, 50]);
+        let spec = |i: usize, draining| crate::view::InstanceSpec {
+            id: format!("n{i}"),
+            model: "m".into(),
+            driver: format!("n{i}"),
+            draining,
+        };
+        v.set_instances([spec(0, true), spec(1, false)], |_| None);
+        let slo = SloClass::default();
+        for policy in Policy::ALL {
+            let mut p = Placer::new(policy, SILENCE);
+            let pick = p.place(&v, &req(&[1, 2], &slo, &[]), now).expect("placed");
+            assert_eq!(pick.instance, "n1", "{policy}");
+        }
+        v.set_instances([spec(0, true), spec(1, true)], |_| None);
+        let mut p = Placer::new(Policy::PredictedTtft, SILENCE);
+        assert_eq!(
+            p.place(&v, &req(&[1], &slo, &[]), now),
+            Err(PlaceError::Unavailable)
+        );
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct InstanceState {
     pub placed_tokens_since_report: u64,
     /// Round-trip time to the driver.
     pub rtt: Duration,
+    /// A stage node is draining: no new placements; requests in flight finish.
+    pub draining: bool,
     /// Observed / predicted TTFT, smoothed; multiplies the model's prediction.
     pub correction: f64,
     /// Prefix blocks held: hash → (layers on GPU, layers on host).
@@ -53,15 +55,16 @@ impl InstanceState {
             inflight: 0,
             placed_tokens_since_report: 0,
             rtt: Duration::ZERO,
+            draining: false,
             correction: 1.0,
             kv: HashMap::new(),
         }
     }
 
-    /// Connected, introduced, and reported within `silence`.
+    /// Connected, introduced as serving this instance's model, and reported within `silence`.
     pub fn healthy(&self, now: Instant, silence: Duration) -> bool {
         self.connected
-            && self.info.is_some()
+            && self.info.as_ref().is_some_and(|i| i.model == self.model)
             && self
                 .load_at
                 .is_some_and(|at| now.saturating_duration_since(at) <= silence)
@@ -75,6 +78,18 @@ impl InstanceState {
     pub fn indexed_blocks(&self) -> usize {
         self.kv.len()
     }
+}
+
+/// One instance as the control plane deploys it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSpec {
+    /// Its stage nodes joined by `+` (the driver's id for a single-node instance).
+    pub id: String,
+    pub model: String,
+    /// Stage 0's node.
+    pub driver: String,
+    /// Some stage node is draining.
+    pub draining: bool,
 }
 
 /// See the module doc.
@@ -91,6 +106,36 @@ impl ClusterView {
                 .into_iter()
                 .map(|(id, model, driver)| InstanceState::new(id, model, driver))
                 .collect(),
+        }
+    }
+
+    /// Replaces the set of instances (the deployments changed). Instances that stay keep what
+    /// the router learned of them; a new one on a node already linked starts from that node's
+    /// `Hello` (`known(node)`), so it is placeable at the node's next load report.
+    pub fn set_instances(
+        &mut self,
+        specs: impl IntoIterator<Item = InstanceSpec>,
+        known: impl Fn(&str) -> Option<NodeInfo>,
+    ) {
+        let mut old: HashMap<String, InstanceState> = self
+            .instances
+            .drain(..)
+            .map(|i| (i.id.clone(), i))
+            .collect();
+        for spec in specs {
+            let mut inst = match old.remove(&spec.id) {
+                Some(i) if i.model == spec.model && i.driver == spec.driver => i,
+                _ => {
+                    let mut i = InstanceState::new(spec.id, spec.model, spec.driver);
+                    if let Some(info) = known(&i.driver) {
+                        i.info = Some(info);
+                        i.connected = true;
+                    }
+                    i
+                }
+            };
+            inst.draining = spec.draining;
+            self.instances.push(inst);
         }
     }
 
@@ -288,6 +333,42 @@ mod tests {
             ],
         );
         assert_eq!(v.instances()[0].indexed_blocks(), 0);
+    }
+
+    #[test]
+    fn set_instances_keeps_what_stays_and_starts_new_ones_from_their_node() {
+        let mut v = view();
+        let t0 = Instant::now();
+        let silence = Duration::from_millis(500);
+        v.handle_hello("node-1", info("node-1"));
+        v.handle_load("node-1", load(3), t0, Duration::ZERO);
+        let spec = |id: &str, model: &str, driver: &str, draining| InstanceSpec {
+            id: id.into(),
+            model: model.into(),
+            driver: driver.into(),
+            draining,
+        };
+        // node-1 stays (drained), node-2 goes, a pipeline driven by node-1 arrives.
+        v.set_instances(
+            [
+                spec("node-1", "tiny", "node-1", true),
+                spec("node-1+node-3", "tiny", "node-1", false),
+            ],
+            |n| (n == "node-1").then(|| info("node-1")),
+        );
+        assert_eq!(v.instances().len(), 2);
+        let kept = v.instance("node-1").unwrap();
+        assert!(kept.draining && kept.load.as_ref().unwrap().waiting == 3);
+        let new = v.instance("node-1+node-3").unwrap();
+        assert!(new.connected && new.info.is_some() && new.load.is_none());
+        v.handle_load("node-1", load(0), t0, Duration::ZERO);
+        assert!(v.instance("node-1+node-3").unwrap().healthy(t0, silence));
+        // An instance of a model its node does not serve is never healthy.
+        v.set_instances([spec("node-1", "other", "node-1", false)], |_| {
+            Some(info("node-1"))
+        });
+        v.handle_load("node-1", load(0), t0, Duration::ZERO);
+        assert!(!v.instances()[0].healthy(t0, silence));
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub mod codes {
     pub const FRAME_INVALID: u32 = 0x12;
     /// A message arrived that the stream's protocol does not allow at that point.
     pub const UNEXPECTED_MESSAGE: u32 = 0x13;
+    /// The peer's certificate lacks the role this stream needs.
+    pub const UNAUTHORIZED: u32 = 0x14;
     /// A bulk transfer's header was malformed or over a limit.
     pub const BULK_HEADER: u32 = 0x20;
     /// A bulk transfer's data did not match its checksum.

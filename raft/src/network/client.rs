@@ -138,24 +138,33 @@ impl QuicNetwork {
         let addr: SocketAddr = self.addr.parse().map_err(|_| WireError::BadAddress {
             addr: self.addr.clone(),
         })?;
-        let body = serde_json::to_vec(req)?;
-        let peer = PeerKey::new(SERVER_NAME, addr);
-        let (mut send, mut recv) = self.pool.open_bi(&peer).await?;
-        send.send(&Message::Raft {
-            kind: kind as u8,
-            body,
-        })
-        .await?;
-        send.finish()?;
-        match recv.recv().await? {
-            Some(Message::Raft { kind: k, body }) if k == kind as u8 => Ok(body),
-            Some(other) => Err(WireError::Unexpected {
-                what: format!("{} (kind {:?})", other.kind(), kind),
-            }),
-            None => Err(WireError::Unexpected {
-                what: "stream finished without an answer".to_owned(),
-            }),
-        }
+        exchange(&self.pool, addr, kind, serde_json::to_vec(req)?).await
+    }
+}
+
+/// One request frame of `kind` on a fresh stream to `addr`, and its one answer frame's body.
+pub(crate) async fn exchange(
+    pool: &ConnectionPool,
+    addr: SocketAddr,
+    kind: RpcKind,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, WireError> {
+    let peer = PeerKey::new(SERVER_NAME, addr);
+    let (mut send, mut recv) = pool.open_bi(&peer).await?;
+    send.send(&Message::Raft {
+        kind: kind as u8,
+        body,
+    })
+    .await?;
+    send.finish()?;
+    match recv.recv().await? {
+        Some(Message::Raft { kind: k, body }) if k == kind as u8 => Ok(body),
+        Some(other) => Err(WireError::Unexpected {
+            what: format!("{} (kind {:?})", other.kind(), kind),
+        }),
+        None => Err(WireError::Unexpected {
+            what: "stream finished without an answer".to_owned(),
+        }),
     }
 }
 

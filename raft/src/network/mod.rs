@@ -13,6 +13,7 @@
 mod client;
 mod server;
 
+pub(crate) use client::exchange;
 pub use client::{NetworkConfig, QuicNetwork, QuicNetworkFactory};
 pub use server::serve_raft;
 
@@ -27,6 +28,8 @@ pub enum RpcKind {
     AppendEntries = 1,
     Vote = 2,
     InstallSnapshot = 3,
+    /// A control request ([`crate::api::Envelope`]) and its [`crate::api::ControlAnswer`].
+    Control = 4,
 }
 
 impl RpcKind {
@@ -36,6 +39,7 @@ impl RpcKind {
             1 => Some(RpcKind::AppendEntries),
             2 => Some(RpcKind::Vote),
             3 => Some(RpcKind::InstallSnapshot),
+            4 => Some(RpcKind::Control),
             _ => None,
         }
     }

@@ -1,14 +1,20 @@
-//! The callee side: [`serve_raft`] accepts connections on a member's endpoint (mutual TLS
-//! already checked by the endpoint's configuration), and answers each stream's one RPC.
+//! The callee side: [`serve_raft`] accepts connections on a replica's control endpoint (mutual
+//! TLS already checked by the endpoint's configuration) and answers each stream's one request:
+//! a Raft RPC (only from a certificate with the router role), a control request, or a node's
+//! registration (both handed to the [`ControlService`], which checks roles itself).
 
 use super::{MAX_RAFT_FRAME_BYTES, RpcKind};
+use crate::api::Envelope;
+use crate::control::ControlService;
 use crate::store::TypeConfig;
 use openraft::Raft;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
+use std::sync::Arc;
 use strata_transport::proto::Message;
 use strata_transport::stream::{self, MessageReceiver, MessageSender, codes};
+use strata_transport::tls::{PeerIdentity, Role, peer_identity};
 use tokio::task::JoinSet;
 
 /// Serves Raft RPCs arriving on `endpoint` to `raft` until `shutdown` completes; then stops
@@ -18,6 +24,7 @@ use tokio::task::JoinSet;
 pub async fn serve_raft(
     endpoint: quinn::Endpoint,
     raft: Raft<TypeConfig>,
+    control: Arc<ControlService>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut conns = JoinSet::new();
@@ -27,7 +34,7 @@ pub async fn serve_raft(
             _ = &mut shutdown => break,
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
-                    conns.spawn(connection(incoming, raft.clone()));
+                    conns.spawn(connection(incoming, raft.clone(), control.clone()));
                 }
                 // The endpoint was closed.
                 None => break,
@@ -40,16 +47,21 @@ pub async fn serve_raft(
 }
 
 /// One connection: a task per stream, all ended when the connection ends.
-async fn connection(incoming: quinn::Incoming, raft: Raft<TypeConfig>) {
+async fn connection(
+    incoming: quinn::Incoming,
+    raft: Raft<TypeConfig>,
+    control: Arc<ControlService>,
+) {
     // A refused handshake (a certificate not from the cluster CA) ends here.
     let Ok(conn) = incoming.await else { return };
+    let peer = peer_identity(&conn).map(Arc::new);
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
             s = conn.accept_bi() => match s {
                 Ok(pair) => {
                     let (send, recv) = stream::pair(pair, MAX_RAFT_FRAME_BYTES);
-                    streams.spawn(rpc(send, recv, raft.clone()));
+                    streams.spawn(rpc(send, recv, raft.clone(), control.clone(), peer.clone()));
                 }
                 Err(_) => break,
             },
@@ -60,9 +72,23 @@ async fn connection(incoming: quinn::Incoming, raft: Raft<TypeConfig>) {
 
 /// One stream: one request, one answer. Anything wrong with the request stops this stream
 /// with a code from [`codes`].
-async fn rpc(mut send: MessageSender, mut recv: MessageReceiver, raft: Raft<TypeConfig>) {
+async fn rpc(
+    mut send: MessageSender,
+    mut recv: MessageReceiver,
+    raft: Raft<TypeConfig>,
+    control: Arc<ControlService>,
+    peer: Option<Arc<PeerIdentity>>,
+) {
+    let peer = peer.as_deref();
     let (kind, body) = match recv.recv().await {
         Ok(Some(Message::Raft { kind, body })) => (kind, body),
+        Ok(Some(Message::Register(reg))) => {
+            let answer = control.register(peer, reg).await;
+            if send.send(&Message::Registered(answer)).await.is_ok() {
+                let _ = send.finish();
+            }
+            return;
+        }
         Ok(Some(_)) | Ok(None) => {
             recv.stop(codes::UNEXPECTED_MESSAGE);
             send.reset(codes::UNEXPECTED_MESSAGE);
@@ -74,7 +100,20 @@ async fn rpc(mut send: MessageSender, mut recv: MessageReceiver, raft: Raft<Type
             return;
         }
     };
-    let answer = match RpcKind::from_u8(kind) {
+    let kind_of = RpcKind::from_u8(kind);
+    let replica = peer.is_some_and(|p| p.role == Some(Role::Router));
+    if !replica && !matches!(kind_of, Some(RpcKind::Control) | None) {
+        recv.stop(codes::UNAUTHORIZED);
+        send.reset(codes::UNAUTHORIZED);
+        return;
+    }
+    let answer = match kind_of {
+        Some(RpcKind::Control) => {
+            dispatch(&body, |req: Envelope| async {
+                control.handle(peer, req).await
+            })
+            .await
+        }
         Some(RpcKind::AppendEntries) => {
             dispatch(&body, |req| async { raft.append_entries(req).await }).await
         }

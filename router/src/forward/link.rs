@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use strata_transport::frame::{self, FrameError};
-use strata_transport::proto::Message;
+use strata_transport::proto::{LoadReport, Message, NodeInfo};
 use strata_transport::tls::SERVER_NAME;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,15 @@ pub struct NodeLink {
     pub addr: SocketAddr,
     conn: Mutex<Option<quinn::Connection>>,
     epoch: watch::Sender<u64>,
+    /// The node's `Hello` and its last load report with when it came, while linked.
+    seen: Mutex<Seen>,
+}
+
+/// What the link has heard from the node on its current subscription.
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    pub info: Option<NodeInfo>,
+    pub load: Option<(LoadReport, Instant)>,
 }
 
 /// What every link of a router shares.
@@ -68,6 +77,7 @@ impl NodeLink {
             addr,
             conn: Mutex::new(None),
             epoch: watch::channel(0).0,
+            seen: Mutex::new(Seen::default()),
         })
     }
 
@@ -76,12 +86,18 @@ impl NodeLink {
         lock(&self.conn).clone()
     }
 
+    /// The node's `Hello` and last report, while linked.
+    pub fn seen(&self) -> Seen {
+        lock(&self.seen).clone()
+    }
+
     /// Changes whenever the node goes down.
     pub fn epoch(&self) -> watch::Receiver<u64> {
         self.epoch.subscribe()
     }
 
     fn down(&self, view: &Mutex<ClusterView>, metrics: &Metrics) {
+        *lock(&self.seen) = Seen::default();
         if let Some(c) = lock(&self.conn).take() {
             c.close(quinn::VarInt::from_u32(1), b"node silent");
         }
@@ -174,6 +190,7 @@ impl NodeLink {
             return Err(LinkError::NoHello);
         };
         tracing::info!(node = %self.node, model = %info.model, executor = %info.executor, "node linked");
+        lock(&self.seen).info = Some(info.clone());
         lock(view).handle_hello(&self.node, info);
         *lock(&self.conn) = Some(conn.clone());
         loop {
@@ -185,6 +202,7 @@ impl NodeLink {
             .map_err(|_| LinkError::Silent(silence))??;
             match msg {
                 Some(Message::Load(report)) => {
+                    lock(&self.seen).load = Some((report.clone(), Instant::now()));
                     let mut view = lock(view);
                     view.handle_load(&self.node, report, Instant::now(), conn.rtt());
                     self.publish(&view, metrics);

@@ -12,8 +12,9 @@
 
 pub mod attempt;
 pub mod link;
+pub mod topology;
 
-use crate::config::{Limits, RouterConfig};
+use crate::config::Limits;
 use crate::generation::{
     Backend, FinishReason, GenError, GenEvent, GenStream, Generation, ModelCard, Usage,
 };
@@ -23,34 +24,28 @@ use crate::view::ClusterView;
 use attempt::Attempt;
 use futures_util::future::BoxFuture;
 use link::{LinkEnv, NodeLink, lock};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use strata_raft::api::{NodeRuntime, NodeRuntimeSource};
+use strata_raft::state::ClusterState;
 use strata_transport::proto::{
     GenerateRequest, Message, RejectReason, RequestId, WireFinishReason,
 };
+use tokio::sync::watch;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use topology::Topology;
 
 /// How long a failover waits for some instance to become placeable.
 const FAILOVER_WAIT: Duration = Duration::from_secs(5);
 /// How often a waiting failover looks again.
 const FAILOVER_POLL: Duration = Duration::from_millis(20);
 
-/// One deployed instance: its id, model and stage nodes (driver first).
-#[derive(Debug, Clone)]
-struct InstanceSpec {
-    id: String,
-    driver: String,
-}
-
 struct Shared {
     view: Arc<Mutex<ClusterView>>,
-    placer: Mutex<Placer>,
-    links: HashMap<String, Arc<NodeLink>>,
-    instances: Vec<InstanceSpec>,
-    models: Vec<String>,
+    placer: Arc<Mutex<Placer>>,
+    topology: Arc<Mutex<Topology>>,
     limits: Limits,
     inflight: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -64,53 +59,56 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Starts a link to every node of `cfg` on `endpoint` (a client endpoint with the router's
-    /// identity); they run until `shutdown`.
+    /// Follows the control plane's applied `state` (nodes, deployments, policy): keeps a link
+    /// to every registered node on `endpoint` (a client endpoint with the router's identity)
+    /// until `shutdown`. `router` names this router to the nodes.
     pub fn start(
-        cfg: &RouterConfig,
+        router: &str,
+        limits: &Limits,
         endpoint: quinn::Endpoint,
         metrics: Arc<Metrics>,
+        mut state: watch::Receiver<Arc<ClusterState>>,
         shutdown: CancellationToken,
     ) -> Forwarder {
-        let mut instances = Vec::new();
-        for m in &cfg.models {
-            for stages in &m.instances {
-                instances.push((
-                    InstanceSpec {
-                        id: stages.join("+"),
-                        driver: stages[0].clone(),
-                    },
-                    m.name.clone(),
-                ));
-            }
-        }
-        let view = Arc::new(Mutex::new(ClusterView::new(instances.iter().map(
-            |(spec, model)| (spec.id.clone(), model.clone(), spec.driver.clone()),
-        ))));
+        let view = Arc::new(Mutex::new(ClusterView::default()));
         let env = Arc::new(LinkEnv {
             endpoint,
             view: view.clone(),
             metrics: metrics.clone(),
-            router: cfg.id.clone(),
-            silence: cfg.limits.node_silence(),
-            connect_timeout: cfg.limits.connect_timeout(),
+            router: router.to_string(),
+            silence: limits.node_silence(),
+            connect_timeout: limits.connect_timeout(),
         });
-        let mut links = HashMap::new();
-        for n in &cfg.nodes {
-            let link = NodeLink::new(n.id.clone(), n.addr);
-            tokio::spawn(link.clone().run(env.clone(), shutdown.clone()));
-            links.insert(n.id.clone(), link);
-        }
-        let seed = std::process::id() as u64 ^ (cfg.id.len() as u64) << 32;
+        let placer = Arc::new(Mutex::new(Placer::new(
+            Default::default(),
+            limits.node_silence(),
+        )));
+        let topology = Arc::new(Mutex::new(Topology::default()));
+        let current = state.borrow_and_update().clone();
+        topology::apply(&current, &topology, &view, &placer, &env, &shutdown);
+        let follow = {
+            let (topology, view, placer) = (topology.clone(), view.clone(), placer.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        changed = state.changed() => if changed.is_err() { break },
+                        () = shutdown.cancelled() => break,
+                    }
+                    let current = state.borrow_and_update().clone();
+                    topology::apply(&current, &topology, &view, &placer, &env, &shutdown);
+                }
+                lock(&topology).stop_all();
+            }
+        };
+        tokio::spawn(follow);
+        let seed = std::process::id() as u64 ^ (router.len() as u64) << 32;
         Forwarder {
             shared: Arc::new(Shared {
                 view,
-                placer: Mutex::new(Placer::new(cfg.policy, cfg.limits.node_silence())),
-                links,
-                instances: instances.into_iter().map(|(s, _)| s).collect(),
-                models: cfg.models.iter().map(|m| m.name.clone()).collect(),
-                limits: cfg.limits.clone(),
-                inflight: Arc::new(Semaphore::new(cfg.limits.max_inflight)),
+                placer,
+                topology,
+                limits: limits.clone(),
+                inflight: Arc::new(Semaphore::new(limits.max_inflight)),
                 metrics,
                 next_id: AtomicU64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             }),
@@ -122,15 +120,41 @@ impl Forwarder {
         self.shared.view.clone()
     }
 
-    /// Changes the placement policy.
-    pub fn set_policy(&self, policy: crate::place::Policy) {
-        lock(&self.shared.placer).set_policy(policy);
+    /// What this router's link to node `id` sees, for `strata admin status`.
+    pub fn node_runtime(&self, id: &str) -> Option<NodeRuntime> {
+        let link = lock(&self.shared.topology).link(id)?.clone();
+        let seen = link.seen();
+        let silence = self.shared.limits.node_silence();
+        let info = seen.info.as_ref();
+        let (report, at) = match &seen.load {
+            Some((r, at)) => (Some(r), Some(*at)),
+            None => (None, None),
+        };
+        let age = at.map(|at| at.elapsed());
+        Some(NodeRuntime {
+            healthy: link.connection().is_some()
+                && info.is_some()
+                && age.is_some_and(|a| a <= silence),
+            waiting: report.map_or(0, |r| r.waiting),
+            running: report.map_or(0, |r| r.running),
+            gpu_free_blocks: report.map_or(0, |r| r.gpu_free_blocks),
+            gpu_blocks: info.map_or(0, |i| i.gpu_blocks),
+            host_free_blocks: report.map_or(0, |r| r.host_free_blocks),
+            host_blocks: info.map_or(0, |i| i.host_blocks),
+            report_age_ms: age.map(|a| a.as_millis() as u64),
+        })
+    }
+}
+
+impl NodeRuntimeSource for Forwarder {
+    fn node_runtime(&self, id: &str) -> Option<NodeRuntime> {
+        Forwarder::node_runtime(self, id)
     }
 }
 
 impl Shared {
     fn card(&self, model: &str) -> Option<ModelCard> {
-        if !self.models.iter().any(|m| m == model) {
+        if !lock(&self.topology).has_model(model) {
             return None;
         }
         let view = lock(&self.view);
@@ -160,9 +184,8 @@ impl Shared {
         choice
     }
 
-    fn driver_link(&self, instance: &str) -> Option<&Arc<NodeLink>> {
-        let spec = self.instances.iter().find(|s| s.id == instance)?;
-        self.links.get(&spec.driver)
+    fn driver_link(&self, instance: &str) -> Option<Arc<NodeLink>> {
+        lock(&self.topology).driver_link(instance).cloned()
     }
 }
 
@@ -278,11 +301,11 @@ impl Backend for Forwarder {
     }
 
     fn models(&self) -> Vec<ModelCard> {
-        self.shared
-            .models
-            .iter()
-            .filter_map(|m| self.shared.card(m))
-            .collect()
+        let names: Vec<String> = lock(&self.shared.topology)
+            .models()
+            .map(str::to_owned)
+            .collect();
+        names.iter().filter_map(|m| self.shared.card(m)).collect()
     }
 
     fn model(&self, name: &str) -> Option<ModelCard> {
@@ -329,7 +352,7 @@ async fn start_first(shared: &Shared, job: &mut Job) -> Result<Running, GenError
 /// Starts an attempt on `choice`; on failure records the instance as failed.
 async fn try_start(shared: &Shared, job: &mut Job, choice: Choice) -> Option<Running> {
     let started = match shared.driver_link(&choice.instance) {
-        Some(link) => Attempt::start(choice.instance.clone(), link, &job.wire())
+        Some(link) => Attempt::start(choice.instance.clone(), &link, &job.wire())
             .await
             .map_err(|e| e.to_string()),
         None => Err(format!("instance {} has no driver link", choice.instance)),

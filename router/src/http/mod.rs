@@ -27,10 +27,12 @@ pub mod openai;
 mod params;
 pub mod registry;
 mod run;
+mod slo_table;
 mod sse;
 
 pub use errors::ApiError;
 pub use registry::{ModelEntry, ModelLoadError, ModelRegistry};
+pub use slo_table::SloTable;
 
 use crate::generation::Backend;
 use crate::metrics::Metrics;
@@ -41,7 +43,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::Arc;
 use strata_transport::proto::{SloClass, SloError};
 
@@ -128,10 +129,9 @@ pub struct HttpState {
     pub backend: Arc<dyn Backend>,
     pub models: ModelRegistry,
     pub limits: HttpLimits,
-    /// SLO classes by name, for the `x-strata-slo` header.
-    pub slo_classes: HashMap<String, SloClass>,
-    /// The class of requests without the header.
-    pub default_slo: SloClass,
+    /// SLO classes by name, for the `x-strata-slo` header, and the class of requests
+    /// without it.
+    pub slo: SloTable,
     /// Accepted bearer tokens; `None` leaves the API open.
     pub api_keys: Option<Vec<String>>,
     pub metrics: Arc<Metrics>,
@@ -140,13 +140,11 @@ pub struct HttpState {
 impl HttpState {
     /// Default limits, the default SLO class only, no API keys, fresh metrics.
     pub fn new(backend: Arc<dyn Backend>, models: ModelRegistry) -> HttpState {
-        let default_slo = SloClass::default();
         HttpState {
             backend,
             models,
             limits: HttpLimits::default(),
-            slo_classes: HashMap::from([(default_slo.name.clone(), default_slo.clone())]),
-            default_slo,
+            slo: SloTable::default(),
             api_keys: None,
             metrics: Arc::new(Metrics::new()),
         }
@@ -159,20 +157,24 @@ impl HttpState {
 
     /// Replaces the SLO classes; `default` names the class of requests without the header.
     pub fn with_slo_classes(
-        mut self,
+        self,
         classes: Vec<SloClass>,
         default: &str,
     ) -> Result<HttpState, HttpConfigError> {
-        let default_slo = classes
-            .iter()
-            .find(|c| c.name == default)
-            .cloned()
-            .ok_or_else(|| HttpConfigError::UnknownDefaultSlo {
+        if !classes.iter().any(|c| c.name == default) {
+            return Err(HttpConfigError::UnknownDefaultSlo {
                 name: default.to_owned(),
-            })?;
-        self.slo_classes = classes.into_iter().map(|c| (c.name.clone(), c)).collect();
-        self.default_slo = default_slo;
+            });
+        }
+        self.slo.set_default_name(default);
+        self.slo.replace(classes);
         Ok(self)
+    }
+
+    /// Shares `table` (one the control plane's follower updates).
+    pub fn with_slo_table(mut self, table: SloTable) -> HttpState {
+        self.slo = table;
+        self
     }
 
     pub fn with_api_keys(mut self, keys: Vec<String>) -> HttpState {
@@ -187,14 +189,7 @@ impl HttpState {
 
     pub fn validate(&self) -> Result<(), HttpConfigError> {
         self.limits.validate()?;
-        for class in self.slo_classes.values().chain([&self.default_slo]) {
-            class.validate()?;
-        }
-        if !self.slo_classes.contains_key(&self.default_slo.name) {
-            return Err(HttpConfigError::UnknownDefaultSlo {
-                name: self.default_slo.name.clone(),
-            });
-        }
+        self.slo.validate()?;
         if self.api_keys.iter().flatten().any(String::is_empty) {
             return Err(HttpConfigError::EmptyApiKey);
         }

@@ -55,19 +55,17 @@ pub(crate) fn model_entry(state: &HttpState, model: &str) -> Result<Arc<ModelEnt
     state
         .models
         .get(model)
-        .cloned()
         .ok_or_else(|| ApiError::model_not_found(model))
 }
 
 /// The SLO class of the `x-strata-slo` header, or the default.
 pub(crate) fn slo_class(state: &HttpState, headers: &HeaderMap) -> Result<SloClass, ApiError> {
     let Some(value) = headers.get(SLO_HEADER) else {
-        return Ok(state.default_slo.clone());
+        return Ok(state.slo.default_class());
     };
     let name = value.to_str().unwrap_or_default().trim();
-    state.slo_classes.get(name).cloned().ok_or_else(|| {
-        let mut known: Vec<&str> = state.slo_classes.keys().map(String::as_str).collect();
-        known.sort_unstable();
+    state.slo.get(name).ok_or_else(|| {
+        let known = state.slo.names();
         ApiError::invalid(
             format!("Unknown SLO class {name:?} in {SLO_HEADER}; known: {known:?}."),
             None,

@@ -3,7 +3,7 @@
 use crate::template::{ChatTemplate, TemplateError};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use strata_transport::vocab::{Tokenizer, TokenizerError};
 
 /// What the front end needs to turn one model's requests into token ids and back.
@@ -65,10 +65,11 @@ pub enum ModelLoadError {
     Template(#[from] TemplateError),
 }
 
-/// Served model names and their entries.
-#[derive(Debug, Default)]
+/// Served model names and their entries. Cheap to clone; clones share the entries, so the
+/// control plane's follower can add and remove models while handlers read them.
+#[derive(Debug, Default, Clone)]
 pub struct ModelRegistry {
-    models: HashMap<String, Arc<ModelEntry>>,
+    models: Arc<RwLock<HashMap<String, Arc<ModelEntry>>>>,
 }
 
 impl ModelRegistry {
@@ -76,24 +77,42 @@ impl ModelRegistry {
         ModelRegistry::default()
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<ModelEntry>>> {
+        // Every update is one map operation: a poisoned lock still guards a valid map.
+        self.models.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<ModelEntry>>> {
+        self.models.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Adds or replaces the entry of `name`.
-    pub fn insert(&mut self, name: impl Into<String>, entry: ModelEntry) {
-        self.models.insert(name.into(), Arc::new(entry));
+    pub fn insert(&self, name: impl Into<String>, entry: ModelEntry) {
+        self.write().insert(name.into(), Arc::new(entry));
+    }
+
+    /// Removes the entry of `name`.
+    pub fn remove(&self, name: &str) {
+        self.write().remove(name);
     }
 
     /// `insert` by value, for building a registry in one expression.
-    pub fn with(mut self, name: impl Into<String>, entry: ModelEntry) -> ModelRegistry {
+    pub fn with(self, name: impl Into<String>, entry: ModelEntry) -> ModelRegistry {
         self.insert(name, entry);
         self
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<ModelEntry>> {
-        self.models.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<ModelEntry>> {
+        self.read().get(name).cloned()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.read().contains_key(name)
     }
 
     /// The served names, sorted.
-    pub fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.models.keys().map(String::as_str).collect();
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.read().keys().cloned().collect();
         names.sort_unstable();
         names
     }
