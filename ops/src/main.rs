@@ -2,6 +2,7 @@
 //! contexts.
 //!
 //! Module map:
+//! - [`admin`] — the operator's CLI for the control plane (`strata admin`).
 //! - [`bench`] — benchmarks (`strata bench engine`: baseline vs layer-wise, in one run).
 //! - [`certs`] — the cluster CA and member certificates (`strata certs init`).
 //! - [`up`] — a whole local cluster in one command (`strata up`).
@@ -10,6 +11,7 @@
 //! - [`logging`] — log setup of the long-running services.
 //! - [`malloc`] — the allocator policy of the process (keep freed network buffers).
 
+mod admin;
 mod bench;
 mod certs;
 mod logging;
@@ -31,12 +33,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start a whole local cluster: a router and N nodes, each its own process.
+    /// Start a whole local cluster: router replicas and N nodes, each its own process.
     Up(up::UpArgs),
     /// Run a router: the OpenAI-compatible HTTP endpoint with TTFT-predictive placement.
     Router(router_cmd::RouterArgs),
     /// Run a node: a model on an executor, served to routers over QUIC with mutual TLS.
     Node(node::NodeArgs),
+    /// Inspect and change a running cluster through its Raft control plane.
+    Admin(admin::AdminArgs),
     /// Measure Strata: load generators and side-by-side comparisons.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -52,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::Up(args) => up::run(args),
         Command::Router(args) => router_cmd::run(args),
         Command::Node(args) => node::run(args),
+        Command::Admin(args) => admin::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Certs(cmd) => certs::run(cmd),
     }

@@ -4,10 +4,12 @@
 //! - [`http`] — open-loop streaming load on an OpenAI-compatible HTTP endpoint.
 //! - [`workload`] — Poisson arrivals with uniform prompt and output lengths.
 //! - [`stats`] — percentiles, per-mode reports, the JSON document.
+//! - [`raft`] — the control plane: admin write latency and leader failover.
 //! - [`transport`] — QUIC vs TCP bulk throughput between two processes.
 
 mod engine;
 mod http;
+mod raft;
 mod stats;
 mod transport;
 mod workload;
@@ -29,6 +31,10 @@ pub enum BenchCommand {
     /// throughput, SLO attainment, goodput, 429s, and how the router spread the requests.
     #[command(after_long_help = http::HELP)]
     Http(http::HttpArgs),
+    /// Start router replicas and measure the Raft control plane: admin write latency (through
+    /// the leader and through a forwarding follower) and leader failover time (SIGKILL of the
+    /// leader → the next committed admin write), with the killed replica restarted each trial.
+    Raft(raft::RaftArgs),
     /// Move `--gib` GiB between two processes on loopback over QUIC (the cluster's
     /// mutual-TLS endpoints) and over plain TCP in one run; print both rates and their ratio.
     Transport(transport::TransportArgs),
@@ -41,6 +47,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Engine(args) => engine::run(args),
         BenchCommand::Http(args) => http::run(args),
+        BenchCommand::Raft(args) => raft::run(args),
         BenchCommand::Transport(args) => transport::run(args),
         BenchCommand::TransportPeer(args) => transport::peer(args),
     }

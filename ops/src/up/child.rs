@@ -12,14 +12,16 @@ use tokio::process::{Child, Command};
 pub struct Member {
     pub id: String,
     pub pid: u32,
-    /// The address its ready line announced.
+    /// The address its ready line announced (the word after ` on `).
     pub addr: String,
+    /// Its control address, for a router (the word after ` control `).
+    pub control: Option<String>,
     pub log: PathBuf,
     pub child: Child,
 }
 
 /// Starts `strata <args>` as member `id`, logging to `log`, and waits (at most `timeout`) for a
-/// stdout line containing ` on ` whose last word is its address.
+/// stdout line containing ` on ADDR` (and, for a router, ` control ADDR`).
 pub async fn spawn(
     id: &str,
     args: &[String],
@@ -75,12 +77,10 @@ pub async fn spawn(
             log.display()
         ),
     };
-    let addr = line
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
+    let addr = word_after(&line, " on ")
         .trim_start_matches("http://")
         .to_string();
+    let control = Some(word_after(&line, " control ").to_string()).filter(|c| !c.is_empty());
     // The rest of stdout goes to the log too.
     let mut log_out = tokio::fs::OpenOptions::new().append(true).open(log).await?;
     tokio::spawn(async move {
@@ -92,6 +92,7 @@ pub async fn spawn(
         id: id.to_string(),
         pid,
         addr,
+        control,
         log: log.to_path_buf(),
         child,
     })
@@ -115,6 +116,13 @@ impl Member {
             let _ = self.child.kill().await;
         }
     }
+}
+
+/// The word that follows `key` in `line` (empty if none).
+fn word_after<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_once(key)
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or_default()
 }
 
 /// The last `n` lines of a log file (empty when unreadable).

@@ -1,9 +1,12 @@
-//! `strata up`: a whole local cluster in one command — nodes and a router, each its own OS
-//! process, with certificates, configs, logs and `cluster.json` in the data directory.
+//! `strata up`: a whole local cluster in one command — Raft router replicas sharing one HTTP
+//! port, and nodes, each its own OS process, with certificates, configs, redb files, logs and
+//! `cluster.json` in the data directory.
 //!
 //! - [`child`] — spawning a member, reading its ready line, stopping it.
+//! - [`setup`] — configuring the fresh cluster through its control plane.
 
-mod child;
+pub(crate) mod child;
+pub mod setup;
 
 use anyhow::{Context, bail};
 use child::Member;
@@ -12,9 +15,11 @@ use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use strata_router::config::{Limits, ModelEntry, NodeEntry, RouterConfig, TlsConfig};
+use strata_raft::control::ControlClient;
+use strata_router::config::{Limits, RaftConfig, RouterConfig, TlsConfig};
 use strata_router::place::Policy;
 use strata_transport::proto::SloClass;
+use strata_transport::tls::{Identity, Role};
 
 /// How long a member may take to load its model and start serving.
 const MEMBER_START: Duration = Duration::from_secs(300);
@@ -23,12 +28,14 @@ const READY_WAIT: Duration = Duration::from_secs(60);
 /// How long a member has to stop after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
-/// Start a local cluster: N nodes serving one model and a router with the OpenAI-compatible
-/// HTTP API, each member its own process (so any one can be killed). Ctrl-C or SIGTERM stops
-/// them all.
+/// Start a local cluster: router replicas (Raft voters sharing one HTTP port) with the
+/// OpenAI-compatible API, and N nodes serving one model, each member its own process (so any
+/// one can be killed). Then `strata admin status` shows it. Ctrl-C or SIGTERM stops them all.
+///
+/// Every `strata up` starts a fresh cluster: new certificates, empty Raft logs.
 ///
 /// Example:
-///   strata up                       # tiny model, 2 cpu nodes, http://127.0.0.1:8080
+///   strata up                       # tiny model, 3 routers, 2 cpu nodes, http://127.0.0.1:8080
 ///   strata up --model /models/Llama-3.2-1B-Instruct --nodes 1
 ///   strata up --executor sim --model llama-3-8b --policy round_robin
 #[derive(Debug, Args)]
@@ -40,6 +47,9 @@ pub struct UpArgs {
     /// Number of nodes (each a single-node instance of the model).
     #[arg(long, default_value_t = 2)]
     pub nodes: usize,
+    /// Number of router replicas (Raft voters; 3 or 5 tolerate 1 or 2 failures).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=7))]
+    pub routers: u64,
     /// Executor of every node: `cpu` (real math) or `sim` (a cost model, no weights).
     #[arg(long, default_value = "cpu")]
     pub executor: String,
@@ -101,17 +111,27 @@ fn slo_classes(user: &[SloClass]) -> Vec<SloClass> {
     all
 }
 
-/// `cluster.json`: every process of the cluster.
+/// `cluster.json`: every process of the cluster, and the admin credential.
 #[derive(Debug, Serialize)]
 struct ClusterFile {
     routers: Vec<RouterEntry>,
     nodes: Vec<NodeRecord>,
+    /// The certificate directory and the member name of the admin certificate.
+    certs: String,
+    admin_member: String,
 }
+
+/// The member name of the admin certificate `strata up` makes.
+pub const ADMIN_MEMBER: &str = "admin";
 
 #[derive(Debug, Serialize)]
 struct RouterEntry {
     id: String,
+    /// Raft id.
+    raft_id: u64,
     http: String,
+    /// Control address: `strata admin --router ADDR`.
+    admin: String,
     pid: u32,
 }
 
@@ -146,21 +166,90 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let (model_spec, model_name, model_dir) = model_of(&args.model)?;
 
     let node_ids: Vec<String> = (1..=args.nodes).map(|i| format!("node-{i}")).collect();
-    let router_id = "router-1".to_string();
+    let router_ids: Vec<(u64, String)> = (1..=args.routers)
+        .map(|i| (i, format!("router-{i}")))
+        .collect();
     let certs = dir.join("certs");
-    let mut members = node_ids.clone();
-    members.push(router_id.clone());
+    let mut members: Vec<(String, Role)> =
+        node_ids.iter().map(|n| (n.clone(), Role::Node)).collect();
+    members.extend(router_ids.iter().map(|(_, r)| (r.clone(), Role::Router)));
+    members.push((ADMIN_MEMBER.to_string(), Role::Admin));
     crate::certs::init(&certs, &members, "strata-up", true)?;
+    // A fresh cluster: the old Raft files belong to the old certificates.
+    let raft_dir = dir.join("raft");
+    let _ = std::fs::remove_dir_all(&raft_dir);
+    std::fs::create_dir_all(&raft_dir)?;
+    let layers = model_spec
+        .parse::<strata_node::model::ModelSource>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .config()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .num_layers as u32;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let started = Instant::now();
     let mut nodes: Vec<Member> = Vec::new();
-    let mut routers: Vec<Member> = Vec::new();
+    let mut routers: Vec<(u64, Member)> = Vec::new();
     let result = async {
+        // Routers first: the first starts the cluster, the others join it and share its port.
+        let mut http = args.http;
+        let mut seed_control: Option<String> = None;
+        for (raft_id, id) in &router_ids {
+            let cfg = RouterConfig {
+                id: id.clone(),
+                http,
+                tls: TlsConfig { dir: certs.clone(), member: id.clone() },
+                raft: RaftConfig {
+                    id: *raft_id,
+                    listen: "127.0.0.1:0".parse()?,
+                    advertise: None,
+                    db: raft_dir.join(format!("{id}.redb")),
+                    heartbeat_ms: 50,
+                    election_timeout_min_ms: 250,
+                    election_timeout_max_ms: 500,
+                    snapshot_every_logs: 1000,
+                },
+                default_slo: "default".into(),
+                limits: Limits { max_tokens: args.max_tokens, ..Limits::default() },
+                api_keys: Vec::new(),
+            };
+            let cfg_path = dir.join(format!("{id}.toml"));
+            std::fs::write(&cfg_path, toml::to_string(&cfg)?)?;
+            let mut cmd = vec!["router".to_string(), "--config".into(), path_arg(&cfg_path)];
+            match &seed_control {
+                None => cmd.push("--init".into()),
+                Some(c) => cmd.extend(["--join".to_string(), c.clone()]),
+            }
+            eprintln!("starting {id} (raft id {raft_id})");
+            let log = logs.join(format!("{id}.log"));
+            let member = tokio::select! {
+                m = child::spawn(id, &cmd, &log, MEMBER_START) => m?,
+                _ = sigterm.recv() => bail!("stopped while starting"),
+                _ = tokio::signal::ctrl_c() => bail!("stopped while starting"),
+            };
+            http = member.addr.parse().with_context(|| format!("{id} announced a bad address {:?}", member.addr))?;
+            // A restart with this config (`strata router --config FILE`, no --init or --join)
+            // resumes from the redb file on the same addresses.
+            let mut resumed = cfg.clone();
+            resumed.http = http;
+            if let Some(c) = &member.control {
+                resumed.raft.listen = c.parse().with_context(|| format!("{id} announced a bad control address {c:?}"))?;
+            }
+            std::fs::write(&cfg_path, toml::to_string(&resumed)?)?;
+            if seed_control.is_none() {
+                seed_control = member.control.clone();
+            }
+            routers.push((*raft_id, member));
+        }
+        let controls: Vec<SocketAddr> = routers
+            .iter()
+            .map(|(_, r)| r.control.as_deref().unwrap_or_default().parse().with_context(|| format!("{} announced no control address", r.id)))
+            .collect::<anyhow::Result<_>>()?;
+        let routers_toml = controls.iter().map(|c| format!("{:?}", c.to_string())).collect::<Vec<_>>().join(", ");
         for id in &node_ids {
             let cfg = dir.join(format!("{id}.toml"));
             let mut text = format!(
-                "id = {id:?}\nlisten = \"127.0.0.1:0\"\nmodel = {model_spec:?}\nmodel_name = {model_name:?}\nexecutor = {:?}\n",
+                "id = {id:?}\nlisten = \"127.0.0.1:0\"\nmodel = {model_spec:?}\nmodel_name = {model_name:?}\nexecutor = {:?}\nrouters = [{routers_toml}]\n",
                 args.executor
             );
             if let Some(extra) = &args.node_extra {
@@ -179,55 +268,32 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             };
             nodes.push(member);
         }
-        let router_cfg = RouterConfig {
-            id: router_id.clone(),
-            http: args.http,
-            tls: TlsConfig {
-                dir: certs.clone(),
-                member: router_id.clone(),
-            },
-            policy: args.policy,
-            nodes: nodes
-                .iter()
-                .map(|n| {
-                    Ok(NodeEntry {
-                        id: n.id.clone(),
-                        addr: n.addr.parse().with_context(|| format!("{} announced a bad address {:?}", n.id, n.addr))?,
-                    })
-                })
-                .collect::<anyhow::Result<_>>()?,
-            models: vec![ModelEntry {
-                name: model_name.clone(),
-                dir: model_dir.clone(),
-                instances: node_ids.iter().map(|n| vec![n.clone()]).collect(),
-            }],
-            slo: slo_classes(&args.slo),
-            default_slo: "default".into(),
-            limits: Limits {
-                max_tokens: args.max_tokens,
-                ..Limits::default()
-            },
-            api_keys: Vec::new(),
+        let admin = admin_client(&certs)?;
+        let source = match &model_dir {
+            Some(d) => d.display().to_string(),
+            None => model_spec.clone(),
         };
-        let cfg_path = dir.join(format!("{router_id}.toml"));
-        std::fs::write(&cfg_path, toml::to_string(&router_cfg)?)?;
-        eprintln!("starting {router_id}");
-        let router = child::spawn(
-            &router_id,
-            &["router".into(), "--config".into(), path_arg(&cfg_path)],
-            &logs.join(format!("{router_id}.log")),
-            MEMBER_START,
-        )
-        .await?;
-        let url = format!("http://{}", router.addr);
-        routers.push(router);
+        let slo = slo_classes(&args.slo);
+        let plan = setup::Plan {
+            slo: &slo,
+            policy: args.policy,
+            model: &model_name,
+            source: &source,
+            layers,
+            nodes: &node_ids,
+        };
+        eprintln!("deploying `{model_name}` on {} node(s)", node_ids.len());
+        setup::apply(&admin, controls[0], &plan).await?;
+        let url = format!("http://{http}");
         wait_ready(&url).await?;
         let file = ClusterFile {
             routers: routers
                 .iter()
-                .map(|r| RouterEntry {
+                .map(|(raft_id, r)| RouterEntry {
                     id: r.id.clone(),
+                    raft_id: *raft_id,
                     http: r.addr.clone(),
+                    admin: r.control.clone().unwrap_or_default(),
                     pid: r.pid,
                 })
                 .collect(),
@@ -239,34 +305,48 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                     pid: n.pid,
                 })
                 .collect(),
+            certs: certs.display().to_string(),
+            admin_member: ADMIN_MEMBER.into(),
         };
         write_atomic(&cluster_json, &serde_json::to_vec_pretty(&file)?)?;
         println!(
-            "strata is up in {:.1}s: {} node(s) serving `{model_name}` behind {url}\n\n\
+            "strata is up in {:.1}s: {} router replica(s) and {} node(s) serving `{model_name}` behind {url}\n\n\
              try:\n  curl -s {url}/v1/completions -H 'content-type: application/json' \\\n    \
-             -d '{{\"model\": \"{model_name}\", \"prompt\": \"Hello\", \"max_tokens\": 16}}'\n\n\
+             -d '{{\"model\": \"{model_name}\", \"prompt\": \"Hello\", \"max_tokens\": 16}}'\n  \
+             strata admin status --data-dir {}\n\n\
              cluster: {}\nlogs:    {}\nCtrl-C stops the cluster.",
             started.elapsed().as_secs_f64(),
+            routers.len(),
             nodes.len(),
+            dir.display(),
             cluster_json.display(),
             logs.display()
         );
-        supervise(&mut nodes, &mut routers, &mut sigterm).await;
+        let mut router_members: Vec<&mut Member> = routers.iter_mut().map(|(_, m)| m).collect();
+        supervise(&mut nodes, &mut router_members, &mut sigterm).await;
         Ok(())
     }
     .await;
     eprintln!("stopping the cluster");
-    for m in routers.iter_mut().chain(nodes.iter_mut()) {
+    for m in routers.iter_mut().map(|(_, m)| m).chain(nodes.iter_mut()) {
         m.stop(STOP_GRACE).await;
     }
     let _ = std::fs::remove_file(&cluster_json);
     result
 }
 
+/// A control-plane client with the admin certificate of `certs`.
+fn admin_client(certs: &Path) -> anyhow::Result<ControlClient> {
+    let identity = Identity::load(certs, ADMIN_MEMBER)?;
+    let endpoint = identity.endpoint(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    endpoint.set_server_config(None);
+    Ok(ControlClient::new(endpoint, Duration::from_secs(5))?)
+}
+
 /// Waits for Ctrl-C or SIGTERM, reporting members that exit on their own.
 async fn supervise(
     nodes: &mut [Member],
-    routers: &mut [Member],
+    routers: &mut [&mut Member],
     sigterm: &mut tokio::signal::unix::Signal,
 ) {
     let mut reported = std::collections::HashSet::new();
@@ -277,7 +357,7 @@ async fn supervise(
             _ = tokio::signal::ctrl_c() => return,
             _ = tick.tick() => {}
         }
-        for m in nodes.iter_mut().chain(routers.iter_mut()) {
+        for m in nodes.iter_mut().chain(routers.iter_mut().map(|m| &mut **m)) {
             if let Ok(Some(status)) = m.child.try_wait()
                 && reported.insert(m.id.clone())
             {

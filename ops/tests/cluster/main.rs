@@ -1,6 +1,7 @@
 //! Integration tests against a real `strata up` cluster: a router and nodes, each its own
 //! process, on loopback.
 
+mod control;
 mod support;
 
 use serde_json::{Value, json};
@@ -220,7 +221,12 @@ async fn completions_chat_errors_and_clean_stop() {
     assert_eq!(error_of(r).await.0, 400);
 
     // SIGTERM stops every process.
-    let pids: Vec<u32> = c.nodes.iter().map(|n| n.1).chain([c.router_pid]).collect();
+    let pids: Vec<u32> = c
+        .nodes
+        .iter()
+        .map(|n| n.1)
+        .chain(c.routers.iter().map(|r| r.pid))
+        .collect();
     let status = c.stop().expect("strata up stops");
     assert!(status.success(), "{status}");
     assert!(

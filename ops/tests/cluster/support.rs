@@ -11,7 +11,18 @@ pub struct Cluster {
     pub url: String,
     /// (id, pid) of every node.
     pub nodes: Vec<(String, u32)>,
-    pub router_pid: u32,
+    /// Every router replica.
+    pub routers: Vec<RouterInfo>,
+}
+
+/// A router replica as `cluster.json` lists it.
+#[derive(Debug, Clone)]
+pub struct RouterInfo {
+    pub id: String,
+    pub raft_id: u64,
+    pub pid: u32,
+    /// Its control address (`strata admin --router`).
+    pub admin: std::net::SocketAddr,
 }
 
 /// How long a cluster may take to come up on a loaded 2-core CI machine.
@@ -38,7 +49,7 @@ impl Cluster {
             dir: dir.clone(),
             url: String::new(),
             nodes: Vec::new(),
-            router_pid: 0,
+            routers: Vec::new(),
         };
         let file = dir.join("cluster.json");
         let deadline = Instant::now() + UP_WAIT;
@@ -62,7 +73,17 @@ impl Cluster {
             "http://{}",
             json["routers"][0]["http"].as_str().expect("http")
         );
-        cluster.router_pid = json["routers"][0]["pid"].as_u64().expect("pid") as u32;
+        cluster.routers = json["routers"]
+            .as_array()
+            .expect("routers")
+            .iter()
+            .map(|r| RouterInfo {
+                id: r["id"].as_str().expect("id").to_string(),
+                raft_id: r["raft_id"].as_u64().expect("raft_id"),
+                pid: r["pid"].as_u64().expect("pid") as u32,
+                admin: r["admin"].as_str().expect("admin").parse().expect("admin addr"),
+            })
+            .collect();
         cluster.nodes = json["nodes"]
             .as_array()
             .expect("nodes")
@@ -92,6 +113,23 @@ impl Cluster {
             }
         }
         out
+    }
+
+    /// Runs `strata admin ARGS --data-dir DIR`; (exit success, stdout, stderr).
+    pub fn admin(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .arg("admin")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run strata admin");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     pub fn node_pid(&self, id: &str) -> u32 {
