@@ -11,7 +11,8 @@
 //! - [`bulk`] — bulk block streams: equal-sized KV blocks on a stream of their own, received
 //!   into the caller's buffer, checked end to end by an XXH64 checksum.
 //! - [`checksum`] — XXH64 (streaming), the bulk transfers' checksum.
-//! - [`tls`] — the cluster CA, member identities, and mutual-TLS QUIC endpoints.
+//! - [`tls`] — the cluster CA, member identities and their roles, mutual-TLS QUIC endpoints,
+//!   and who is on the other end of a connection (`peer_identity`).
 //! - [`tuning`] — `TransportTuning`: datagram sizes, MTU discovery, windows, congestion
 //!   control and socket buffers, with a LAN (default) and a loopback profile.
 //! - [`socket`] — UDP sockets with the buffer sizes a tuning asks for, and `GsoCapped`, which

@@ -3,6 +3,13 @@
 //! Every member (router replica, node) holds a certificate issued by the cluster CA. Servers
 //! require a client certificate from that CA and clients require the same of servers, so a peer
 //! whose certificate comes from anywhere else is refused in the handshake.
+//!
+//! A certificate may also carry its member's [`Role`] (router, node, admin); [`peer_identity`]
+//! reads who is on the other end of a connection (see [`peer`]).
+
+mod peer;
+
+pub use peer::{PeerIdentity, ROLE_SUFFIX, Role, RoleError, fingerprint, peer_identity};
 
 use crate::socket::{GsoCapped, SocketError, bind_udp};
 use crate::tuning::{TransportTuning, TuningError};
@@ -38,6 +45,13 @@ pub enum TlsError {
     /// An endpoint was made outside an async runtime.
     #[error("a QUIC endpoint needs a running tokio runtime")]
     NoRuntime,
+    /// A member name that a certificate cannot carry: not a DNS name, [`SERVER_NAME`], or
+    /// ending in [`ROLE_SUFFIX`].
+    #[error("member name {member:?}: {reason}")]
+    BadMember {
+        member: String,
+        reason: &'static str,
+    },
     /// The endpoint could not start on its socket.
     #[error("starting the endpoint on {addr}: {source}")]
     Endpoint {
@@ -116,10 +130,29 @@ impl ClusterCa {
         Ok(path)
     }
 
-    /// Issues a certificate for `member` and writes `member.pem` and `member.key` into `dir`
-    /// (the key readable by its owner only).
+    /// Issues a certificate for `member`, with no role, and writes `member.pem` and
+    /// `member.key` into `dir` (the key readable by its owner only).
     pub fn issue_to(&self, member: &str, dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
-        let (cert, key) = self.member_cert(member)?;
+        self.write_member(member, None, dir)
+    }
+
+    /// [`issue_to`](Self::issue_to) with `role` in the certificate.
+    pub fn issue_to_as(
+        &self,
+        member: &str,
+        role: Role,
+        dir: &Path,
+    ) -> Result<(PathBuf, PathBuf), TlsError> {
+        self.write_member(member, Some(role), dir)
+    }
+
+    fn write_member(
+        &self,
+        member: &str,
+        role: Option<Role>,
+        dir: &Path,
+    ) -> Result<(PathBuf, PathBuf), TlsError> {
+        let (cert, key) = self.member_cert(member, role)?;
         let (cert_path, key_path) = member_files(dir, member);
         write_file(&cert_path, &cert.pem())?;
         write_file(&key_path, &key.serialize_pem())?;
@@ -140,17 +173,47 @@ impl ClusterCa {
         &self.cert
     }
 
-    fn member_cert(&self, member: &str) -> Result<(rcgen::Certificate, KeyPair), TlsError> {
-        let mut params = CertificateParams::new(vec![SERVER_NAME.to_string(), member.to_string()])?;
+    /// A certificate naming [`SERVER_NAME`], `member` and, when given, `role` (as
+    /// [`Role::san`]), signed by this CA.
+    fn member_cert(
+        &self,
+        member: &str,
+        role: Option<Role>,
+    ) -> Result<(rcgen::Certificate, KeyPair), TlsError> {
+        let bad = |reason| TlsError::BadMember {
+            member: member.to_string(),
+            reason,
+        };
+        if rustls::pki_types::DnsName::try_from(member).is_err() {
+            return Err(bad("not a DNS name"));
+        }
+        if member == SERVER_NAME {
+            return Err(bad("every member's shared name"));
+        }
+        if member.ends_with(ROLE_SUFFIX) {
+            return Err(bad("reserved for roles"));
+        }
+        let mut names = vec![SERVER_NAME.to_string(), member.to_string()];
+        names.extend(role.map(Role::san));
+        let mut params = CertificateParams::new(names)?;
         params.distinguished_name.push(DnType::CommonName, member);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &Issuer::from_params(&self.params, &self.key))?;
         Ok((cert, key))
     }
 
-    /// Issues a member certificate named `member`, in memory.
+    /// Issues a member certificate named `member`, with no role, in memory.
     pub fn issue(&self, member: &str) -> Result<Identity, TlsError> {
-        let (cert, key) = self.member_cert(member)?;
+        self.identity(member, None)
+    }
+
+    /// Issues a member certificate named `member` with `role`, in memory.
+    pub fn issue_as(&self, member: &str, role: Role) -> Result<Identity, TlsError> {
+        self.identity(member, Some(role))
+    }
+
+    fn identity(&self, member: &str, role: Option<Role>) -> Result<Identity, TlsError> {
+        let (cert, key) = self.member_cert(member, role)?;
         Ok(Identity {
             cert: cert.der().clone(),
             key_pkcs8: key.serialize_der(),
@@ -199,6 +262,11 @@ impl Identity {
             key_pkcs8: key.secret_pkcs8_der().to_vec(),
             ca: read_pem(&ca_file(dir))?,
         })
+    }
+
+    /// Lowercase hex SHA-256 of this identity's certificate (see [`fingerprint`]).
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.cert)
     }
 
     fn key(&self) -> PrivateKeyDer<'static> {
@@ -311,6 +379,21 @@ impl Identity {
 mod tests {
     use super::*;
     use rustls::quic::{ClientConnection, ServerConnection, Version};
+
+    #[test]
+    fn names_a_certificate_cannot_carry_are_refused() {
+        let ca = ClusterCa::generate("names").unwrap();
+        for bad in ["", "two words", SERVER_NAME, "x.role.strata", "10.0.0.1"] {
+            assert!(
+                matches!(
+                    ca.issue_as(bad, Role::Node),
+                    Err(TlsError::BadMember { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(ca.issue("node_1.example").is_ok());
+    }
 
     /// Members negotiate AES-128-GCM (see [`provider`]): a QUIC handshake in memory.
     #[test]
