@@ -15,7 +15,7 @@ pub mod slo;
 pub use cost::{CostProfile, DecodeCoeffs, PrefillCoeffs, TransferCoeffs};
 pub use ids::RequestId;
 pub use msg::{
-    FinishEvent, GenerateRequest, LoadReport, Message, NodeInfo, RejectEvent, RejectReason,
-    TokenEvent, WireFinishReason, WireKvEvent, WireSampling,
+    FinishEvent, GenerateRequest, LoadReport, Message, NodeInfo, RegisterAnswer, Registration,
+    RejectEvent, RejectReason, TokenEvent, WireFinishReason, WireKvEvent, WireSampling,
 };
 pub use slo::{SloClass, SloError};

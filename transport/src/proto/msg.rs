@@ -11,6 +11,10 @@
 //!   request; the callee answers one `Raft` response with the same `kind`, then both finish.
 //!   The body is serde JSON of openraft's types, which are not rkyv types; the outer frame is
 //!   still an rkyv archive, validated before use.
+//! - **registration** (node → router, on the router's control endpoint): the node sends one
+//!   `Register` and finishes its send side; the router answers one `Registered`, then
+//!   finishes. The router knows who is calling from the node's certificate, not from the
+//!   message.
 
 use super::cost::CostProfile;
 use super::ids::RequestId;
@@ -146,6 +150,31 @@ pub enum WireKvEvent {
     Removed { tier: u8, hash: u64, layer: u32 },
 }
 
+/// Node → router (control endpoint): register me, or update my record after a restart.
+#[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
+pub struct Registration {
+    /// The node's id in the cluster.
+    pub node: String,
+    /// The address routers dial (a `SocketAddr` as text).
+    pub addr: String,
+    /// `cpu`, `cuda` or `sim`.
+    pub executor: String,
+    pub devices: u32,
+    pub device_memory_bytes: u64,
+    pub host_memory_bytes: u64,
+}
+
+/// Router → node: the answer to a [`Registration`].
+#[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
+pub struct RegisterAnswer {
+    pub accepted: bool,
+    /// ClusterState version after the write (0 when refused).
+    pub version: u64,
+    /// A refusal that may succeed later (no leader yet, leader unreachable).
+    pub retry: bool,
+    pub message: String,
+}
+
 /// Everything that crosses a node ↔ router stream (see the module doc for which stream carries
 /// which).
 #[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
@@ -170,6 +199,8 @@ pub enum Message {
         kind: u8,
         body: Vec<u8>,
     },
+    Register(Registration),
+    Registered(RegisterAnswer),
 }
 
 impl Message {
@@ -186,6 +217,8 @@ impl Message {
             Message::Load(_) => "Load",
             Message::KvEvents(_) => "KvEvents",
             Message::Raft { .. } => "Raft",
+            Message::Register(_) => "Register",
+            Message::Registered(_) => "Registered",
         }
     }
 }

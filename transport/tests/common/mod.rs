@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 use strata_transport::proto::msg::{
-    FinishEvent, GenerateRequest, LoadReport, NodeInfo, RejectEvent, RejectReason, TokenEvent,
-    WireFinishReason, WireKvEvent, WireSampling,
+    FinishEvent, GenerateRequest, LoadReport, NodeInfo, RegisterAnswer, Registration, RejectEvent,
+    RejectReason, TokenEvent, WireFinishReason, WireKvEvent, WireSampling,
 };
 use strata_transport::proto::{CostProfile, Message, RequestId, SloClass};
 use strata_transport::stream::{self, DEFAULT_MAX_FRAME};
@@ -112,6 +112,26 @@ pub fn every_message() -> Vec<Message> {
             kind: 255,
             body: Vec::new(),
         },
+        Message::Register(Registration {
+            node: "node-1".into(),
+            addr: "[fd00::7]:7001".into(),
+            executor: "sim".into(),
+            devices: 8,
+            device_memory_bytes: 143_771 << 20,
+            host_memory_bytes: 2 << 40,
+        }),
+        Message::Registered(RegisterAnswer {
+            accepted: true,
+            version: 17,
+            retry: false,
+            message: String::new(),
+        }),
+        Message::Registered(RegisterAnswer {
+            accepted: false,
+            version: 0,
+            retry: true,
+            message: "no leader yet".into(),
+        }),
     ]
 }
 
