@@ -51,7 +51,7 @@ CONFIG (TOML; every key is optional, the defaults are shown):
 
 EXAMPLE:
 
-  strata certs init --dir certs --members router-1,node-1
+  strata certs init --dir certs --routers router-1 --nodes node-1
   printf 'id = \"node-1\"\\nlisten = \"127.0.0.1:7001\"\\n[tls]\\ndir = \"certs\"\\n' > node-1.toml
   strata node --config node-1.toml
 

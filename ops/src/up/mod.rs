@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use strata_router::config::{Limits, ModelEntry, NodeEntry, RouterConfig, TlsConfig};
 use strata_router::place::Policy;
 use strata_transport::proto::SloClass;
+use strata_transport::tls::Role;
 
 /// How long a member may take to load its model and start serving.
 const MEMBER_START: Duration = Duration::from_secs(300);
@@ -148,8 +149,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let node_ids: Vec<String> = (1..=args.nodes).map(|i| format!("node-{i}")).collect();
     let router_id = "router-1".to_string();
     let certs = dir.join("certs");
-    let mut members = node_ids.clone();
-    members.push(router_id.clone());
+    let mut members: Vec<(String, Role)> =
+        node_ids.iter().map(|id| (id.clone(), Role::Node)).collect();
+    members.push((router_id.clone(), Role::Router));
+    members.push(("admin".to_string(), Role::Admin));
     crate::certs::init(&certs, &members, "strata-up", true)?;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
