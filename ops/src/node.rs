@@ -26,6 +26,11 @@ CONFIG (TOML; every key is optional, the defaults are shown):
                                #   the analytic H200 roofline on sim)
   load_report_ms = 100         # load report interval to subscribed routers
   seed = 0                     # random weights of presets, sim tokens
+  routers = []                 # routers' control (QUIC) addresses to register with, tried in
+                               #   turn until one accepts, e.g. [\"10.0.0.1:7100\"]; empty:
+                               #   do not register (needs a certificate with role node)
+  # advertise = \"10.0.0.11:7001\" # the address routers dial (default: the bound listen
+                               #   address; required when listen is 0.0.0.0 and routers is set)
 
   [tls]                        # files written by `strata certs init`
   dir = \"certs\"                # holds ca.pem, <member>.pem, <member>.key
@@ -51,7 +56,7 @@ CONFIG (TOML; every key is optional, the defaults are shown):
 
 EXAMPLE:
 
-  strata certs init --dir certs --members router-1,node-1
+  strata certs init --dir certs --routers router-1 --nodes node-1
   printf 'id = \"node-1\"\\nlisten = \"127.0.0.1:7001\"\\n[tls]\\ndir = \"certs\"\\n' > node-1.toml
   strata node --config node-1.toml
 

@@ -8,6 +8,11 @@
 //! model = "tiny"              # a preset (tiny, llama-3-8b, llama-3-70b) or an HF directory
 //! executor = "cpu"            # cpu | sim
 //!
+//! # Registration with the control plane: the routers' control (QUIC) addresses, tried in
+//! # turn until one accepts; none (the default): do not register.
+//! routers = ["10.0.0.1:7100", "10.0.0.2:7100", "10.0.0.3:7100"]
+//! advertise = "10.0.0.11:7001" # the address routers dial; default: the bound listen address
+//!
 //! [tls]
 //! dir = "certs"               # as written by `strata certs init`
 //! member = "node-1"           # default: id
@@ -159,6 +164,12 @@ pub struct NodeConfig {
     /// Seeds a preset's random weights and the `sim` executor's tokens.
     pub seed: u64,
     pub limits: Limits,
+    /// The routers' control (QUIC) addresses to register with, tried in turn; empty: do not
+    /// register.
+    pub routers: Vec<SocketAddr>,
+    /// The address routers dial to reach this node; `None`: the bound listen address (so a
+    /// node that listens on `0.0.0.0` and registers must set it).
+    pub advertise: Option<SocketAddr>,
 }
 
 impl Default for NodeConfig {
@@ -178,6 +189,8 @@ impl Default for NodeConfig {
             load_report_ms: 100,
             seed: 0,
             limits: Limits::default(),
+            routers: Vec::new(),
+            advertise: None,
         }
     }
 }
@@ -208,12 +221,24 @@ pub enum ConfigError {
         min: u64,
         max: u64,
     },
+    /// The address routers would be told to dial cannot be dialled: its IP is unspecified
+    /// (`0.0.0.0`, `::`) or its port is 0.
+    #[error(
+        "advertise = {value}{hint}: routers cannot dial it; set `advertise` to an address they can reach"
+    )]
+    BadAdvertise {
+        value: SocketAddr,
+        /// `""`, or why the value came from `listen`.
+        hint: &'static str,
+    },
 }
 
 /// Bounds of the numeric settings, `(min, max)`.
 const BLOCK_TOKENS: (u64, u64) = (1, 1024);
 const LOAD_REPORT_MS: (u64, u64) = (1, 60_000);
 const MAX_FRAME_BYTES: (u64, u64) = (4 << 10, 1 << 30);
+/// Router addresses a node registers with.
+const ROUTERS: (u64, u64) = (0, 64);
 
 fn check_name(field: &'static str, value: &str) -> Result<(), ConfigError> {
     let ok = !value.is_empty()
@@ -282,6 +307,22 @@ impl NodeConfig {
             .to_string()
     }
 
+    /// An explicit `advertise` must be dialable; so must `listen` when it stands in for it on
+    /// a node that registers (port 0 is fine there: the bound port is advertised).
+    fn check_advertise(&self) -> Result<(), ConfigError> {
+        if let Some(value) = self.advertise {
+            if value.ip().is_unspecified() || value.port() == 0 {
+                return Err(ConfigError::BadAdvertise { value, hint: "" });
+            }
+        } else if !self.routers.is_empty() && self.listen.ip().is_unspecified() {
+            return Err(ConfigError::BadAdvertise {
+                value: self.listen,
+                hint: " (from listen, as advertise is not set)",
+            });
+        }
+        Ok(())
+    }
+
     /// Checks every field that can be checked without the filesystem.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_name("id", &self.id)?;
@@ -299,6 +340,8 @@ impl NodeConfig {
             self.limits.max_frame_bytes as u64,
             MAX_FRAME_BYTES,
         )?;
+        check_range("routers", self.routers.len() as u64, ROUTERS)?;
+        self.check_advertise()?;
         let s = &self.scheduler;
         for (field, v) in [
             ("gpu_mib", self.gpu_mib.unwrap_or(1)),

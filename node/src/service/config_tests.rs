@@ -147,3 +147,75 @@ fn load_reads_and_validates_a_file() {
     assert!(missing.to_string().contains("nope.toml"), "{missing}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn registration_is_off_by_default_and_reads_routers_and_advertise() {
+    let cfg = NodeConfig::default();
+    assert!(cfg.routers.is_empty());
+    assert_eq!(cfg.advertise, None);
+    let cfg = parse(
+        r#"
+        listen = "0.0.0.0:7001"
+        routers = ["10.0.0.1:7100", "[fd00::2]:7100"]
+        advertise = "10.0.0.11:7001"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(cfg.validate(), Ok(()));
+    assert_eq!(
+        cfg.routers,
+        [
+            "10.0.0.1:7100".parse::<SocketAddr>().unwrap(),
+            "[fd00::2]:7100".parse().unwrap()
+        ]
+    );
+    assert_eq!(cfg.advertise, Some("10.0.0.11:7001".parse().unwrap()));
+    let text = toml::to_string(&cfg).unwrap();
+    assert_eq!(parse(&text).unwrap(), cfg);
+    assert!(matches!(
+        parse("routers = [\"router-1\"]"),
+        Err(ConfigError::Parse { .. })
+    ));
+}
+
+#[test]
+fn an_undialable_advertised_address_is_refused() {
+    let with = |listen: &str, routers: usize, advertise: Option<&str>| NodeConfig {
+        listen: listen.parse().unwrap(),
+        routers: vec!["127.0.0.1:7100".parse().unwrap(); routers],
+        advertise: advertise.map(|a| a.parse().unwrap()),
+        ..NodeConfig::default()
+    };
+    for bad in ["0.0.0.0:7001", "[::]:7001", "10.0.0.1:0"] {
+        let err = with("127.0.0.1:0", 1, Some(bad)).validate().unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::BadAdvertise {
+                value: bad.parse().unwrap(),
+                hint: ""
+            }
+        );
+        assert!(err.to_string().contains(bad), "{err}");
+    }
+    // Listening on every address stands in for `advertise` only on a node that registers.
+    let err = with("0.0.0.0:7001", 2, None).validate().unwrap_err();
+    assert!(
+        matches!(err, ConfigError::BadAdvertise { value, .. } if value.port() == 7001),
+        "{err}"
+    );
+    assert!(err.to_string().contains("listen"), "{err}");
+    assert_eq!(with("0.0.0.0:7001", 0, None).validate(), Ok(()));
+    assert_eq!(with("127.0.0.1:0", 2, None).validate(), Ok(()));
+    assert_eq!(
+        with("0.0.0.0:7001", 2, Some("10.0.0.11:7001")).validate(),
+        Ok(())
+    );
+    assert!(matches!(
+        with("127.0.0.1:0", 65, None).validate(),
+        Err(ConfigError::OutOfRange {
+            field: "routers",
+            value: 65,
+            ..
+        })
+    ));
+}

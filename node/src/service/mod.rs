@@ -9,7 +9,10 @@
 //!   cache changes on a `broadcast` channel.
 //! - `server` accepts connections and streams within [`Limits`](config::Limits), and reads the
 //!   first frame of each stream: `Generate` goes to `request`, `Subscribe` to `report`.
-//! - [`NodeService`] is the running service: its address, and a clean shutdown in phases.
+//! - [`register`] registers the node with the control plane when `routers` is set, and
+//!   reports where that stands as a [`RegistrationState`].
+//! - [`NodeService`] is the running service: its address, its registration, and a clean
+//!   shutdown in phases.
 //!
 //! The protocol is `strata_transport::proto::msg`'s. A stream that misbehaves is closed with one
 //! of the [`codes`] and a log line; the node goes on serving every other stream.
@@ -21,12 +24,14 @@
 pub mod config;
 mod engine_loop;
 mod logprobs;
+pub mod register;
 mod report;
 mod request;
 mod server;
 pub mod setup;
 
 pub use config::{ConfigError, ExecutorKind, Limits, NodeConfig, SchedSettings, TlsConfig};
+pub use register::RegistrationState;
 pub use server::NodeService;
 pub use setup::{Prepared, prepare};
 

@@ -12,6 +12,7 @@
 
 use super::config::Limits;
 use super::engine_loop::{self, EngineHandle};
+use super::register::{Registrar, RegistrationState};
 use super::setup::Prepared;
 use super::{ServiceError, codes, report, request};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
@@ -19,9 +20,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_transport::frame::{self, FrameError};
-use strata_transport::proto::{CostProfile, Message, NodeInfo};
+use strata_transport::proto::{CostProfile, Message, NodeInfo, Registration};
 use strata_transport::tls;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,6 +48,7 @@ pub(crate) struct Shared {
 pub struct NodeService {
     addr: SocketAddr,
     info: NodeInfo,
+    registration: watch::Receiver<RegistrationState>,
     shutdown: CancellationToken,
     done: JoinHandle<Result<(), ServiceError>>,
 }
@@ -73,6 +75,12 @@ impl NodeService {
     /// What the node announces to subscribers.
     pub fn info(&self) -> &NodeInfo {
         &self.info
+    }
+
+    /// Where the node's registration with the control plane stands (see
+    /// [`register`](super::register)).
+    pub fn registration(&self) -> watch::Receiver<RegistrationState> {
+        self.registration.clone()
     }
 
     /// The token whose cancellation shuts the service down.
@@ -122,6 +130,7 @@ impl Prepared {
         let mut endpoint = Endpoint::server(server_config(&self)?, addr).map_err(|e| bind(&e))?;
         endpoint.set_default_client_config(self.identity.client_config()?);
         let local = endpoint.local_addr().map_err(|e| bind(&e))?;
+        let registration = registration(&self, local);
         let realtime = self.config.executor == super::ExecutorKind::Sim;
         let (engine, thread) = engine_loop::spawn(self.engine, realtime, &self.config.id)
             .map_err(|e| ServiceError::EngineThread(e.to_string()))?;
@@ -135,13 +144,39 @@ impl Prepared {
             requests: TaskTracker::new(),
         });
         tracing::info!(node = %self.info.node, model = %self.info.model, %local, "serving");
-        let done = tokio::spawn(run(endpoint, shared, thread));
+        let registrar = Registrar {
+            endpoint: endpoint.clone(),
+            routers: self.config.routers.clone(),
+            registration,
+            max_frame_bytes: self.config.limits.max_frame_bytes,
+        };
+        let (registration, registering) = registrar.spawn(shutdown.clone());
+        let done = tokio::spawn(run(endpoint, shared, thread, registering));
         Ok(NodeService {
             addr: local,
             info: self.info,
+            registration,
             shutdown,
             done,
         })
+    }
+}
+
+/// What the node registers: its id, the address routers dial (`advertise`, else the bound
+/// address) and its hardware. The cpu and sim executors drive no device; sim reports its GPU
+/// budget as device memory, since it stands in for a GPU.
+fn registration(p: &Prepared, local: SocketAddr) -> Registration {
+    let device_mib = match p.config.executor {
+        super::ExecutorKind::Cpu => 0,
+        super::ExecutorKind::Sim => p.gpu_mib,
+    };
+    Registration {
+        node: p.config.id.clone(),
+        addr: p.config.advertise.unwrap_or(local).to_string(),
+        executor: p.config.executor.name().into(),
+        devices: 0,
+        device_memory_bytes: device_mib << 20,
+        host_memory_bytes: p.host_mib << 20,
     }
 }
 
@@ -149,12 +184,19 @@ async fn run(
     endpoint: Endpoint,
     shared: Arc<Shared>,
     thread: std::thread::JoinHandle<()>,
+    registering: Option<JoinHandle<()>>,
 ) -> Result<(), ServiceError> {
     let connections = TaskTracker::new();
     accept_loop(&endpoint, &shared, &connections).await;
 
-    // Phase 1: no new connections; new Generates are rejected (they see the token).
+    // Phase 1: no new connections; new Generates are rejected (they see the token); the
+    // registration task (which also sees it) stops before the endpoint closes.
     endpoint.set_server_config(None);
+    if let Some(task) = registering
+        && let Err(e) = task.await
+    {
+        tracing::warn!("registration task: {e}");
+    }
     tracing::info!("shutting down: draining in-flight requests");
     // Phase 2: let in-flight requests finish, within the grace period.
     let grace = Duration::from_millis(shared.limits.shutdown_grace_ms);

@@ -42,6 +42,10 @@ pub struct Prepared {
     pub info: NodeInfo,
     pub cost: CostProfile,
     pub identity: Identity,
+    /// The GPU-tier budget after defaults, MiB (staging included).
+    pub gpu_mib: u64,
+    /// The host-tier budget after defaults, MiB.
+    pub host_mib: u64,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -249,6 +253,8 @@ pub fn prepare(cfg: NodeConfig, mut progress: impl FnMut(&str)) -> Result<Prepar
         info,
         cost,
         identity,
+        gpu_mib,
+        host_mib,
     })
 }
 
