@@ -49,15 +49,24 @@ enum Command {
     Certs(certs::CertsCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     malloc::keep_freed_memory();
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Up(args) => up::run(args),
         Command::Router(args) => router_cmd::run(args),
         Command::Node(args) => node::run(args),
         Command::Admin(args) => admin::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Certs(cmd) => certs::run(cmd),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // The whole chain of causes on one line, without a backtrace: these are the user's
+        // errors to read, not the program's.
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

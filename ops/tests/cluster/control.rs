@@ -72,20 +72,36 @@ async fn the_control_plane_survives_kill_9_of_its_leader() {
     let healthy = wait_until(BOUND, || {
         let (ok, out, _) = c.admin(&["status", "--json"]);
         last = serde_json::from_str(&out).unwrap_or(Value::Null);
-        ok && last["nodes"]
-            .as_array()
-            .is_some_and(|n| n.len() == 2 && n.iter().all(|n| n["runtime"]["healthy"] == json!(true)))
+        ok && last["nodes"].as_array().is_some_and(|n| {
+            n.len() == 2 && n.iter().all(|n| n["runtime"]["healthy"] == json!(true))
+        })
     });
     assert!(healthy, "status: {last:#}\n{}", c.log());
     assert!(last["leader"].as_u64().is_some() && last["term"].as_u64().is_some_and(|t| t >= 1));
     let members = last["members"].as_array().unwrap();
     assert_eq!(members.iter().filter(|m| m["kind"] == "voter").count(), 3);
     let (ok, table, _) = c.admin(&["status"]);
-    assert!(ok && table.contains("LEADER") || table.contains("leader"), "{table}");
-    assert!(table.contains("node-1") && table.contains("healthy"), "{table}");
+    assert!(
+        ok && table.contains("LEADER") || table.contains("leader"),
+        "{table}"
+    );
+    assert!(
+        table.contains("node-1") && table.contains("healthy"),
+        "{table}"
+    );
 
     // Without the admin credential the cluster refuses and says why.
-    let (ok, _, err) = c.admin(&["--member", "node-1", "slo", "set", "x", "--ttft-ms", "1", "--tpot-ms", "1"]);
+    let (ok, _, err) = c.admin(&[
+        "--member",
+        "node-1",
+        "slo",
+        "set",
+        "x",
+        "--ttft-ms",
+        "1",
+        "--tpot-ms",
+        "1",
+    ]);
     assert!(!ok && err.contains("admin role"), "{err}");
 
     // Drain: new requests avoid node-1; undrain: it serves again.
@@ -157,11 +173,16 @@ async fn the_control_plane_survives_kill_9_of_its_leader() {
         .arg(&config)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(c.dir.join("restarted.log")).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(c.dir.join("restarted.log")).unwrap(),
+        ))
         .spawn()
         .expect("restart the router");
     let leader_addr = c.routers.iter().find(|r| r.raft_id == new).unwrap().admin;
-    let leader_commit = status(&client, leader_addr, false).await.expect("leader status").commit_index;
+    let leader_commit = status(&client, leader_addr, false)
+        .await
+        .expect("leader status")
+        .commit_index;
     let deadline = Instant::now() + BOUND;
     let caught_up = loop {
         if let Some(s) = status(&client, victim.admin, true).await
@@ -169,18 +190,28 @@ async fn the_control_plane_survives_kill_9_of_its_leader() {
         {
             break s;
         }
-        assert!(Instant::now() < deadline, "the restarted replica did not catch up");
+        assert!(
+            Instant::now() < deadline,
+            "the restarted replica did not catch up"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(caught_up.by, old);
     // No acknowledged write is lost: every class holds its last acknowledged value or a later one.
-    let state = match client.request(victim.admin, ControlRequest::State).await.expect("state") {
+    let state = match client
+        .request(victim.admin, ControlRequest::State)
+        .await
+        .expect("state")
+    {
         ControlReply::State { state, .. } => state,
         r => panic!("{r:?}"),
     };
     for (name, value) in &acked {
         let held = state.slo.get(name).map(|c| c.ttft_ms);
-        assert!(held.is_some_and(|h| h >= *value), "{name}: acked {value}, holds {held:?}");
+        assert!(
+            held.is_some_and(|h| h >= *value),
+            "{name}: acked {value}, holds {held:?}"
+        );
     }
     let _ = restarted.kill();
     let _ = restarted.wait();
@@ -195,10 +226,13 @@ async fn take(
     let want = acked.len() + n;
     let deadline = Instant::now() + BOUND;
     while acked.len() < want {
-        let got = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), rx.recv())
-            .await
-            .expect("writes are acknowledged within the bound")
-            .expect("writer alive");
+        let got = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            rx.recv(),
+        )
+        .await
+        .expect("writes are acknowledged within the bound")
+        .expect("writer alive");
         acked.push(got);
     }
 }

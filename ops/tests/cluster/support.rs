@@ -81,7 +81,11 @@ impl Cluster {
                 id: r["id"].as_str().expect("id").to_string(),
                 raft_id: r["raft_id"].as_u64().expect("raft_id"),
                 pid: r["pid"].as_u64().expect("pid") as u32,
-                admin: r["admin"].as_str().expect("admin").parse().expect("admin addr"),
+                admin: r["admin"]
+                    .as_str()
+                    .expect("admin")
+                    .parse()
+                    .expect("admin addr"),
             })
             .collect();
         cluster.nodes = json["nodes"]
