@@ -46,6 +46,9 @@ pub struct RaftArgs {
     pub election_min_ms: u64,
     #[arg(long, default_value_t = 500)]
     pub election_max_ms: u64,
+    /// Keep the temporary directory (configs, redb files, every replica's log).
+    #[arg(long)]
+    pub keep: bool,
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -104,7 +107,11 @@ async fn bench(args: RaftArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let result = run_in(&args, &dir).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    if args.keep {
+        eprintln!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     result
 }
 

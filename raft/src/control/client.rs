@@ -6,7 +6,8 @@ use crate::network::{MAX_RAFT_FRAME_BYTES, RpcKind, WireError, exchange};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_transport::pool::{ConnectionPool, PoolConfig, PoolConfigError};
+use strata_transport::pool::{ConnectionPool, PeerKey, PoolConfig, PoolConfigError};
+use strata_transport::tls::SERVER_NAME;
 
 /// A request that got no answer, or an error answer.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,10 @@ impl ControlClient {
             tokio::time::timeout(timeout, exchange(&self.pool, addr, RpcKind::Control, body))
                 .await
                 .map_err(|_| {
+                    // See `QuicNetwork::call`: a silent connection may be one to a process
+                    // that died; the next request connects afresh.
+                    self.pool
+                        .close(&PeerKey::new(SERVER_NAME, addr), 0, b"request timed out");
                     wire(WireError::Timeout {
                         after_ms: timeout.as_millis() as u64,
                     })

@@ -149,10 +149,22 @@ impl ControlService {
             .request
             .slow_limit()
             .unwrap_or_else(|| self.client.timeout());
-        match self.client.call_within(target, &forwarded, limit).await {
-            Ok(answer) => answer,
-            Err(CallError::Control(e)) => Err(e),
-            Err(e @ CallError::Wire { .. }) => Err(unreachable(e.to_string())),
+        // A leader that dies leaves the forwarded request unanswered until the time limit;
+        // its followers notice sooner, when they start electing a successor. Give up then, so
+        // the caller retries at once and reaches the new leader.
+        let mut metrics = self.raft.metrics();
+        let moved = async move {
+            let _ = metrics.wait_for(|m| m.current_leader != Some(leader)).await;
+        };
+        tokio::select! {
+            answer = self.client.call_within(target, &forwarded, limit) => match answer {
+                Ok(answer) => answer,
+                Err(CallError::Control(e)) => Err(e),
+                Err(e @ CallError::Wire { .. }) => Err(unreachable(e.to_string())),
+            },
+            () = moved => Err(unreachable(
+                "it lost leadership while the request waited (it may still take effect)".into(),
+            )),
         }
     }
 

@@ -107,9 +107,18 @@ impl QuicNetwork {
         let ttl = option.hard_ttl();
         let out = match tokio::time::timeout(ttl, self.exchange(kind, req)).await {
             Ok(r) => r,
-            Err(_) => Err(WireError::Timeout {
-                after_ms: ttl.as_millis() as u64,
-            }),
+            Err(_) => {
+                // A peer that restarted on the same address leaves a connection that looks
+                // open and answers nothing until QUIC's idle timeout: drop it, so the next
+                // RPC connects afresh.
+                if let Ok(addr) = self.addr.parse() {
+                    self.pool
+                        .close(&PeerKey::new(SERVER_NAME, addr), 0, b"rpc timed out");
+                }
+                Err(WireError::Timeout {
+                    after_ms: ttl.as_millis() as u64,
+                })
+            }
         };
         let answer: Result<Resp, RaftError<NodeId, E>> = match out {
             Ok(body) => serde_json::from_slice(&body)
