@@ -9,6 +9,12 @@
 #
 # usage: scripts/bench-placement.sh [OUT_DIR]   (env: STRATA, RATE, BG_RATE, DURATION, PROMPT)
 set -euo pipefail
+# The background router below was a second router with a static node list. Routers now take
+# nodes and deployments from the Raft control plane, so that setup no longer exists; the script
+# refuses to run rather than measure something else. The figures in docs/benchmarks/http.md
+# were taken before the change, with the commit named there.
+echo "bench-placement.sh: not yet ported to the Raft control plane (see the comment at its top)" >&2
+exit 2
 STRATA=${STRATA:-target/release/strata}
 OUT=${1:-target/bench-placement}
 RATE=${RATE:-4}

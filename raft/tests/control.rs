@@ -367,7 +367,10 @@ async fn a_new_leader_takes_writes_after_the_leader_stops_and_a_restart_keeps_ev
     c.stop(new).await;
     let third = (1..=3).find(|&i| i != old && i != new).unwrap();
     let again = write(&admin, c.replica(third).addr(), slo("quorum", 9.0)).await;
-    assert_eq!(c.applied_version(old, again).await.slo["quorum"].ttft_ms, 9.0);
+    assert_eq!(
+        c.applied_version(old, again).await.slo["quorum"].ttft_ms,
+        9.0
+    );
     for r in c.replicas.into_iter().flatten() {
         r.shutdown().await;
     }

@@ -4,7 +4,7 @@
 //! no acknowledged write is lost, and the killed replica restarted from its redb file
 //! catches up.
 
-use super::support::{Cluster, RouterInfo, signal, wait_until};
+use super::support::{Cluster, RouterInfo, alive, signal, wait_until};
 use super::{header, post};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -105,8 +105,26 @@ async fn the_control_plane_survives_kill_9_of_its_leader() {
     assert!(!ok && err.contains("admin role"), "{err}");
 
     // Drain: new requests avoid node-1; undrain: it serves again.
-    let (ok, out, err) = c.admin(&["drain", "node-1"]);
+    let (ok, out, err) = c.admin(&["drain", "node-1", "--json"]);
     assert!(ok, "{out}{err}");
+    let written: Value = serde_json::from_str(&out).expect("drain --json");
+    let version = written["written"]["version"].as_u64().expect("version");
+    // Routing reads each replica's local state: wait until every replica has applied it.
+    let client = admin_client(&c);
+    for r in &c.routers {
+        let deadline = Instant::now() + BOUND;
+        while status(&client, r.admin, true)
+            .await
+            .is_none_or(|s| s.version < version)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not apply the drain",
+                r.id
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let body = json!({"model": "tiny", "prompt": "drain", "max_tokens": 2});
     for _ in 0..4 {
         let r = post(&c.url, "/v1/completions", body.clone()).await;
@@ -116,7 +134,6 @@ async fn the_control_plane_survives_kill_9_of_its_leader() {
     assert!(c.admin(&["undrain", "node-1"]).0);
 
     // A stream of admin writes through every replica; kill -9 the leader in the middle.
-    let client = admin_client(&c);
     let all: Vec<&RouterInfo> = c.routers.iter().collect();
     let old = leader(&client, &all, None).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -151,6 +168,12 @@ async fn the_control_plane_survives_kill_9_of_its_leader() {
     take(&mut acked, &mut acked_rx, 30).await;
     let victim = c.routers.iter().find(|r| r.raft_id == old).unwrap().clone();
     signal(victim.pid, libc::SIGKILL);
+    // Once it is dead its listener is gone from the shared port (a connection that raced the
+    // kill into its accept queue is reset, as with any crashed server).
+    assert!(
+        wait_until(BOUND, || !alive(victim.pid)),
+        "the leader did not die"
+    );
     // While the leader is down the shared HTTP port keeps answering.
     for _ in 0..5 {
         let r = post(&c.url, "/v1/completions", body.clone()).await;
@@ -168,16 +191,18 @@ async fn the_control_plane_survives_kill_9_of_its_leader() {
 
     // Restart the killed replica from its redb file (no --init, no --join).
     let config = c.dir.join(format!("{}.toml", victim.id));
-    let mut restarted = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["router", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(c.dir.join("restarted.log")).unwrap(),
-        ))
-        .spawn()
-        .expect("restart the router");
+    let _restarted = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(["router", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(c.dir.join("restarted.log")).unwrap(),
+            ))
+            .spawn()
+            .expect("restart the router"),
+    );
     let leader_addr = c.routers.iter().find(|r| r.raft_id == new).unwrap().admin;
     let leader_commit = status(&client, leader_addr, false)
         .await
@@ -213,8 +238,16 @@ async fn the_control_plane_survives_kill_9_of_its_leader() {
             "{name}: acked {value}, holds {held:?}"
         );
     }
-    let _ = restarted.kill();
-    let _ = restarted.wait();
+}
+
+/// A child process killed and reaped on drop, even when the test fails.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Receives `n` more acknowledged writes into `acked`, within the bound.
