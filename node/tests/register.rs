@@ -2,8 +2,10 @@
 //! registers with its own certificate (role `node`), retries refusals that may pass and dead
 //! routers, stops at a definitive refusal, and stops on shutdown.
 
+mod common;
+
+use common::Certs;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 use strata_node::service::{ExecutorKind, NodeConfig, NodeService, RegistrationState, TlsConfig};
 use strata_transport::proto::{Message, RegisterAnswer, Registration};
@@ -16,26 +18,8 @@ use tokio_util::sync::CancellationToken;
 /// Bound on every wait: generous for a loaded 2-core machine; a pass never waits this long.
 const BOUND: Duration = Duration::from_secs(60);
 
-/// A temporary certificate directory with the CA and `node-1`'s files (role `node`), and the
-/// CA to issue the fake router's certificate.
-struct Certs {
-    dir: PathBuf,
-    ca: ClusterCa,
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn certs(tag: &str) -> Certs {
-    let dir = std::env::temp_dir().join(format!("strata-reg-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca = ClusterCa::generate("test").unwrap();
-    ca.write(&dir).unwrap();
-    ca.issue_to_as("node-1", Role::Node, &dir).unwrap();
-    Certs { dir, ca }
+    common::certs("reg", tag)
 }
 
 /// A `sim` node (no weights, no calibration: it starts fast) that registers with `routers`.

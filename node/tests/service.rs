@@ -2,8 +2,11 @@
 //! cancellation by every route ends the request, subscriptions report load and the prefix
 //! cache, bad streams are closed alone, strangers are refused, shutdown is clean.
 
+mod common;
+
+use common::Certs;
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use strata_node::engine::{Engine, EngineConfig};
 use strata_node::exec::PoolSizes;
@@ -26,27 +29,8 @@ use tokio_util::sync::CancellationToken;
 const BOUND: Duration = Duration::from_secs(60);
 const SEED: u64 = 3;
 
-/// A temporary certificate directory with the CA and `node-1`'s files, and a router identity.
-struct Certs {
-    dir: PathBuf,
-    ca: ClusterCa,
-    router: Identity,
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn certs(tag: &str) -> Certs {
-    let dir = std::env::temp_dir().join(format!("strata-svc-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca = ClusterCa::generate("test").unwrap();
-    ca.write(&dir).unwrap();
-    ca.issue_to("node-1", &dir).unwrap();
-    let router = ca.issue("router-1").unwrap();
-    Certs { dir, ca, router }
+    common::certs("svc", tag)
 }
 
 fn config(dir: &Path) -> NodeConfig {

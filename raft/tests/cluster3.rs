@@ -2,14 +2,15 @@
 //! a certificate from one cluster CA: election, replication of a write to every state machine,
 //! a new leader after the leader stops, and refusal of a certificate from another CA.
 
+mod common;
+
+use common::TempDir;
 use openraft::error::RPCError;
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::VoteRequest;
 use openraft::{BasicNode, Config, Raft, Vote};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use strata_raft::control::{ControlClient, ControlService};
 use strata_raft::network::{NetworkConfig, QuicNetworkFactory, serve_raft};
@@ -22,28 +23,6 @@ use tokio::sync::{oneshot, watch};
 
 /// Bound on every wait in these tests.
 const BOUND: Duration = Duration::from_secs(30);
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "strata-raft-cluster3-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 struct Replica {
     id: NodeId,
@@ -159,7 +138,7 @@ async fn cluster(ca: &ClusterCa, dir: &TempDir) -> Vec<Replica> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_elect_replicate_and_fail_over() {
     let ca = ClusterCa::generate("test").unwrap();
-    let dir = TempDir::new();
+    let dir = TempDir::new("cluster3");
     let mut replicas = cluster(&ca, &dir).await;
 
     // Every replica agrees on one leader.
@@ -211,7 +190,7 @@ async fn three_replicas_elect_replicate_and_fail_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_endpoint_refuses_foreign_certificates_and_survives_bad_frames() {
     let ca = ClusterCa::generate("test").unwrap();
-    let dir = TempDir::new();
+    let dir = TempDir::new("cluster3");
     let mut replicas = cluster(&ca, &dir).await;
     replicas[0].leader_other_than(None).await;
     let target = replicas[1].node();

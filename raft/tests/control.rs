@@ -3,8 +3,9 @@
 //! authorization by certificate role, node registration, leader loss, restart from disk,
 //! catch-up by snapshot, membership changes and leadership transfer.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
+
+use common::TempDir;
 use std::time::Duration;
 use strata_raft::api::{ControlError, ControlReply, ControlRequest};
 use strata_raft::control::{Bootstrap, CallError, ControlClient, Replica, ReplicaConfig};
@@ -14,27 +15,6 @@ use strata_transport::tls::{ClusterCa, Identity, Role, SERVER_NAME};
 
 /// Bound on every wait in these tests.
 const BOUND: Duration = Duration::from_secs(30);
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "strata-raft-control-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 struct Cluster {
     ca: ClusterCa,
@@ -66,7 +46,7 @@ impl Cluster {
     async fn start(n: u64, snapshot_every: u64) -> Cluster {
         let mut c = Cluster {
             ca: ClusterCa::generate("control-test").unwrap(),
-            dir: TempDir::new(),
+            dir: TempDir::new("control"),
             replicas: Vec::new(),
             snapshot_every,
         };
@@ -110,9 +90,12 @@ impl Cluster {
             Some(role) => self.ca.issue_as(member, role).unwrap(),
             None => self.ca.issue(member).unwrap(),
         };
-        let endpoint = identity.endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_server_config(None);
-        ControlClient::new(endpoint, Duration::from_secs(5)).unwrap()
+        ControlClient::connect_as(
+            &identity,
+            "127.0.0.1:1".parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap()
     }
 
     /// Waits until replica `id` knows a leader other than `not`.

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use strata_raft::api::{ControlReply, ControlRequest};
 use strata_raft::control::{CallError, ControlClient};
-use strata_raft::state::{Command, Instance, Member, Stage};
+use strata_raft::state::{ClusterState, Command, Instance, Member, Stage};
 use strata_transport::proto::SloClass;
 use strata_transport::tls::Identity;
 
@@ -206,6 +206,21 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// A client with `identity` that asks `routers` in turn, retrying for up to `wait`.
+    pub fn new(
+        identity: &Identity,
+        routers: Vec<SocketAddr>,
+        wait: Duration,
+    ) -> anyhow::Result<Admin> {
+        let first = *routers.first().context("no router replicas to ask")?;
+        let client = ControlClient::connect_as(identity, first, Duration::from_secs(10))?;
+        Ok(Admin {
+            client,
+            routers,
+            wait,
+        })
+    }
+
     /// Sends `request`, trying each replica in turn, retrying transient failures until
     /// `wait` has passed.
     pub async fn request(&self, request: ControlRequest) -> Result<ControlReply, CallError> {
@@ -229,8 +244,17 @@ impl Admin {
         }
     }
 
-    async fn write(&self, command: Command) -> anyhow::Result<ControlReply> {
+    /// Applies one command; the state's version after it.
+    pub async fn write(&self, command: Command) -> anyhow::Result<ControlReply> {
         Ok(self.request(ControlRequest::Write { command }).await?)
+    }
+
+    /// The applied state, read linearizably.
+    pub async fn state(&self) -> anyhow::Result<ClusterState> {
+        match self.request(ControlRequest::State).await? {
+            ControlReply::State { state, .. } => Ok(*state),
+            other => bail!("unexpected reply {other:?}"),
+        }
     }
 }
 
@@ -254,9 +278,6 @@ pub fn connect(args: &AdminArgs) -> anyhow::Result<Admin> {
             file.display()
         );
     };
-    if routers.is_empty() {
-        bail!("no router replicas to ask");
-    }
     let certs = args
         .certs
         .clone()
@@ -269,19 +290,11 @@ pub fn connect(args: &AdminArgs) -> anyhow::Result<Admin> {
             certs.display()
         )
     })?;
-    let any: SocketAddr = if routers[0].is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let endpoint = identity.endpoint(any)?;
-    endpoint.set_server_config(None);
-    let client = ControlClient::new(endpoint, Duration::from_secs(10))?;
-    Ok(Admin {
-        client,
+    Admin::new(
+        &identity,
         routers,
-        wait: Duration::from_secs_f64(args.wait.max(0.0)),
-    })
+        Duration::from_secs_f64(args.wait.max(0.0)),
+    )
 }
 
 async fn admin(args: AdminArgs) -> anyhow::Result<()> {

@@ -179,9 +179,8 @@ async fn run_in(args: &RaftArgs, dir: &Path) -> anyhow::Result<()> {
     }
     eprintln!("{} replicas up", replicas.len());
     let identity = Identity::load(&certs, "admin")?;
-    let endpoint = identity.endpoint("127.0.0.1:0".parse()?)?;
-    endpoint.set_server_config(None);
-    let client = ControlClient::new(endpoint, Duration::from_millis(1500))?;
+    let client =
+        ControlClient::connect_as(&identity, replicas[0].control, Duration::from_millis(1500))?;
 
     let first = leader(&client, &replicas).await?;
     let leader_addr = replicas

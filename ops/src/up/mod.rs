@@ -15,7 +15,6 @@ use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use strata_raft::control::ControlClient;
 use strata_router::config::{Limits, RaftConfig, RouterConfig, TlsConfig};
 use strata_router::place::Policy;
 use strata_transport::proto::SloClass;
@@ -268,7 +267,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             };
             nodes.push(member);
         }
-        let admin = admin_client(&certs)?;
+        // Like an operator: `strata admin` with the admin certificate, asking the replicas
+        // in turn while the new cluster settles.
+        let identity = Identity::load(&certs, ADMIN_MEMBER)?;
+        let admin = crate::admin::Admin::new(&identity, controls.clone(), Duration::from_secs(30))?;
         let source = match &model_dir {
             Some(d) => d.display().to_string(),
             None => model_spec.clone(),
@@ -283,7 +285,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             nodes: &node_ids,
         };
         eprintln!("deploying `{model_name}` on {} node(s)", node_ids.len());
-        setup::apply(&admin, controls[0], &plan).await?;
+        setup::apply(&admin, &plan).await?;
         let url = format!("http://{http}");
         wait_ready(&url).await?;
         let file = ClusterFile {
@@ -333,14 +335,6 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&cluster_json);
     result
-}
-
-/// A control-plane client with the admin certificate of `certs`.
-fn admin_client(certs: &Path) -> anyhow::Result<ControlClient> {
-    let identity = Identity::load(certs, ADMIN_MEMBER)?;
-    let endpoint = identity.endpoint(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    endpoint.set_server_config(None);
-    Ok(ControlClient::new(endpoint, Duration::from_secs(5))?)
 }
 
 /// Waits for Ctrl-C or SIGTERM, reporting members that exit on their own.

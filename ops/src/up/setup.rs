@@ -2,12 +2,10 @@
 //! with `strata admin`: SLO classes, the routing policy, waiting for the nodes to register,
 //! and deploying the model on them.
 
-use anyhow::{Context, bail};
-use std::net::SocketAddr;
+use crate::admin::Admin;
+use anyhow::bail;
 use std::time::{Duration, Instant};
-use strata_raft::api::{ControlReply, ControlRequest};
-use strata_raft::control::ControlClient;
-use strata_raft::state::{ClusterState, Command, Instance, Policy, Stage};
+use strata_raft::state::{Command, Instance, Policy, Stage};
 use strata_transport::proto::SloClass;
 
 /// How long the nodes may take to register once started.
@@ -24,63 +22,23 @@ pub struct Plan<'a> {
     pub nodes: &'a [String],
 }
 
-/// Runs one command on the cluster through `router`, retrying while it elects a leader.
-pub async fn write(
-    client: &ControlClient,
-    router: SocketAddr,
-    command: Command,
-) -> anyhow::Result<u64> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let request = ControlRequest::Write {
-            command: command.clone(),
-        };
-        match client.request(router, request).await {
-            Ok(ControlReply::Written { version, .. }) => return Ok(version),
-            Ok(other) => bail!("unexpected reply {other:?}"),
-            Err(e) if e.is_transient() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(e).context("control plane write"),
-        }
-    }
-}
-
-/// The applied state, read linearizably.
-pub async fn state(client: &ControlClient, router: SocketAddr) -> anyhow::Result<ClusterState> {
-    match client.request(router, ControlRequest::State).await? {
-        ControlReply::State { state, .. } => Ok(*state),
-        other => bail!("unexpected reply {other:?}"),
-    }
-}
-
-/// Applies `plan` through `router`.
-pub async fn apply(
-    client: &ControlClient,
-    router: SocketAddr,
-    plan: &Plan<'_>,
-) -> anyhow::Result<()> {
+/// Applies `plan` through `admin`.
+pub async fn apply(admin: &Admin, plan: &Plan<'_>) -> anyhow::Result<()> {
     for class in plan.slo {
-        write(
-            client,
-            router,
-            Command::SetSlo {
+        admin
+            .write(Command::SetSlo {
                 class: class.clone(),
-            },
-        )
-        .await?;
+            })
+            .await?;
     }
-    write(
-        client,
-        router,
-        Command::SetPolicy {
+    admin
+        .write(Command::SetPolicy {
             policy: plan.policy.to_string(),
-        },
-    )
-    .await?;
+        })
+        .await?;
     let deadline = Instant::now() + REGISTER_WAIT;
     loop {
-        let state = state(client, router).await;
+        let state = admin.state().await;
         if let Ok(s) = &state
             && plan.nodes.iter().all(|n| s.nodes.contains_key(n))
         {
@@ -104,16 +62,13 @@ pub async fn apply(
             }],
         })
         .collect();
-    write(
-        client,
-        router,
-        Command::Deploy {
+    admin
+        .write(Command::Deploy {
             model: plan.model.to_owned(),
             source: plan.source.to_owned(),
             layers: plan.layers,
             instances,
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(())
 }

@@ -22,9 +22,7 @@ const BOUND: Duration = Duration::from_secs(60);
 
 fn admin_client(c: &Cluster) -> ControlClient {
     let identity = Identity::load(&c.dir.join("certs"), "admin").expect("admin cert");
-    let endpoint = identity.endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_server_config(None);
-    ControlClient::new(endpoint, Duration::from_millis(1500)).unwrap()
+    ControlClient::connect_as(&identity, c.routers[0].admin, Duration::from_millis(1500)).unwrap()
 }
 
 async fn status(client: &ControlClient, via: SocketAddr, local: bool) -> Option<Status> {

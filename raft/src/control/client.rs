@@ -7,7 +7,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_transport::pool::{ConnectionPool, PeerKey, PoolConfig, PoolConfigError};
-use strata_transport::tls::SERVER_NAME;
+use strata_transport::tls::{Identity, SERVER_NAME};
+
+/// A client that could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Its endpoint could not be made with the identity.
+    #[error(transparent)]
+    Tls(#[from] strata_transport::tls::TlsError),
+    #[error(transparent)]
+    Pool(#[from] PoolConfigError),
+}
 
 /// A request that got no answer, or an error answer.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +69,23 @@ impl ControlClient {
             pool: Arc::new(pool),
             timeout,
         })
+    }
+
+    /// A client of its own: a client-only endpoint on an ephemeral port (of the address family
+    /// of `toward`) that presents `identity`, as `strata admin` and tools use.
+    pub fn connect_as(
+        identity: &Identity,
+        toward: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let any: SocketAddr = if toward.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let endpoint = identity.endpoint(any)?;
+        endpoint.set_server_config(None);
+        Ok(ControlClient::new(endpoint, timeout)?)
     }
 
     /// The per-request time limit.

@@ -13,6 +13,6 @@ mod membership;
 mod replica;
 mod service;
 
-pub use client::{CallError, ControlClient};
+pub use client::{CallError, ClientError, ControlClient};
 pub use replica::{Bootstrap, Replica, ReplicaConfig, ReplicaError};
 pub use service::ControlService;
