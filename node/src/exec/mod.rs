@@ -2,9 +2,13 @@
 //!
 //! - [`cpu`] — real f32 math with paged attention over the layer-wise block tables; the GPU tier
 //!   is a capacity-limited pool in RAM and tier copies are real copies.
+//! - [`cuda`] (feature `cuda`) — the same forward pass on an NVIDIA GPU: NVRTC kernels, cuBLAS
+//!   bf16 GEMMs, a pinned host tier and copy streams ordered by per-layer events.
 //! - [`sim`] — no math: durations from a `CostProfile`, tokens from a seeded hash.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod sim;
 
 use crate::sched::plan::{SeqId, StepPlan};
