@@ -41,6 +41,25 @@ pub fn reserved_bytes(cfg: &ModelConfig, max_rows: usize) -> u64 {
     0
 }
 
+/// The device's own ceilings, measured: what benchmarks quote utilization against.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Peaks {
+    /// bf16 GEMM (f32 accumulation) through cuBLAS, 8192³, TFLOP/s.
+    pub gemm_tflops: f64,
+    /// Device-to-device copy, bytes read plus written, GB/s.
+    pub device_copy_gbps: f64,
+    /// Pinned host → device, one 256 MiB copy, GB/s.
+    pub h2d_gbps: f64,
+    /// Device → pinned host, one 256 MiB copy, GB/s.
+    pub d2h_gbps: f64,
+}
+
+/// Measures [`Peaks`] on GPU `ordinal` (median of several runs each; about a second).
+pub fn measure_peaks(ordinal: usize) -> Result<Peaks, ExecError> {
+    let _ = ordinal;
+    Err(ExecError::Device("not yet built".into()))
+}
+
 /// Runs step plans on the GPU.
 pub struct CudaExecutor {
     info: DeviceInfo,
