@@ -64,6 +64,11 @@ impl RopeTable {
         RopeTable { half, cos, sin }
     }
 
+    /// The tables themselves, `[pos * half + i]` each (uploaded by the cuda executor).
+    pub fn cos_sin(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
     pub fn max_pos(&self) -> usize {
         self.cos.len().checked_div(self.half).unwrap_or(0)
     }

@@ -17,7 +17,7 @@ pub mod sample;
 mod simd;
 mod store;
 mod tile;
-mod validate;
+pub(crate) mod validate;
 
 use super::{ExecError, Executor, PoolSizes, StepOutput};
 use crate::kv::KvLayout;

@@ -10,11 +10,38 @@
 //! - `kv` — the GPU tier, the pinned host tier, the double-buffered staging area, and the copy
 //!   streams (offload, reload) ordered against compute by per-layer events.
 //! - `forward` — one step's batched forward pass, layer by layer.
+//! - `workspace` — activation buffers, grown on demand.
+//! - `peaks` — the device's measured GEMM and copy rates.
 
+mod driver;
+mod forward;
+mod gemm;
+mod kernels;
+mod kv;
+mod peaks;
+mod weights;
+mod workspace;
+
+#[cfg(test)]
+mod exec_tests;
+#[cfg(test)]
+mod kernel_tests;
+
+pub use peaks::{Peaks, measure_peaks};
+
+use super::cpu::validate::{Limits, validate};
 use super::{ExecError, Executor, PoolSizes, StepOutput};
 use crate::kv::KvLayout;
+use crate::model::rope::RopeTable;
 use crate::model::{ModelConfig, Weights};
 use crate::sched::plan::StepPlan;
+use cudarc::driver::CudaContext;
+use driver::{DeviceBuf, PinnedBuf, Stream};
+use forward::{Dims, Events, Gpu};
+use kernels::{Kernels, Shape};
+use std::sync::Arc;
+use std::time::Instant;
+use workspace::Workspace;
 
 /// The GPU an executor runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,47 +57,82 @@ pub struct DeviceInfo {
 /// Finds GPU `ordinal` and checks that the CUDA driver, cuBLAS and NVRTC libraries load. Every
 /// failure is an `ExecError` that says what is missing; nothing panics.
 pub fn probe(ordinal: usize) -> Result<DeviceInfo, ExecError> {
-    let _ = ordinal;
-    Err(ExecError::Device("not yet built".into()))
+    driver::open(ordinal).map(|(_, info)| info)
+}
+
+fn shape_of(cfg: &ModelConfig, layout: &KvLayout) -> Shape {
+    Shape {
+        head_dim: cfg.head_dim,
+        heads: cfg.num_heads,
+        kv_heads: cfg.num_kv_heads,
+        block_tokens: layout.block_tokens,
+    }
+}
+
+fn dims_of(cfg: &ModelConfig, block_tokens: usize) -> Dims {
+    Dims {
+        hidden: cfg.hidden_size,
+        ff: cfg.intermediate_size,
+        vocab: cfg.vocab_size,
+        layers: cfg.num_layers,
+        eps: cfg.rms_norm_eps as f32,
+        block_tokens,
+    }
 }
 
 /// Device bytes the executor takes for `cfg` beside its KV pools: the bf16 weights, the RoPE
 /// tables and a workspace for steps of up to `max_rows` tokens.
 pub fn reserved_bytes(cfg: &ModelConfig, max_rows: usize) -> u64 {
-    let _ = (cfg, max_rows);
-    0
-}
-
-/// The device's own ceilings, measured: what benchmarks quote utilization against.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct Peaks {
-    /// bf16 GEMM (f32 accumulation) through cuBLAS, 8192³, TFLOP/s.
-    pub gemm_tflops: f64,
-    /// Device-to-device copy, bytes read plus written, GB/s.
-    pub device_copy_gbps: f64,
-    /// Pinned host → device, one 256 MiB copy, GB/s.
-    pub h2d_gbps: f64,
-    /// Device → pinned host, one 256 MiB copy, GB/s.
-    pub d2h_gbps: f64,
-}
-
-/// Measures [`Peaks`] on GPU `ordinal` (median of several runs each; about a second).
-pub fn measure_peaks(ordinal: usize) -> Result<Peaks, ExecError> {
-    let _ = ordinal;
-    Err(ExecError::Device("not yet built".into()))
+    let (h, q, kv, ff) = (
+        cfg.hidden_size,
+        cfg.q_dim(),
+        cfg.kv_dim(),
+        cfg.intermediate_size,
+    );
+    let layer = h * (q + 2 * kv) + q * h + 3 * h * ff;
+    let embed = cfg.vocab_size * h;
+    let head = if cfg.tie_word_embeddings { 0 } else { embed };
+    let weights = 2 * (cfg.num_layers * layer + embed + head) as u64;
+    let rope = (cfg.max_position_embeddings * cfg.head_dim * 4) as u64;
+    let shape = Shape {
+        head_dim: cfg.head_dim,
+        heads: cfg.num_heads,
+        kv_heads: cfg.num_kv_heads,
+        block_tokens: 16,
+    };
+    let ws = Workspace::bytes_for(&dims_of(cfg, 16), &shape, max_rows.max(256));
+    // cuBLAS workspaces, the CUDA context and module: a fixed allowance.
+    weights + rope + ws + (1 << 30)
 }
 
 /// Runs step plans on the GPU.
 pub struct CudaExecutor {
+    gpu: Gpu,
+    limits: Limits,
     info: DeviceInfo,
+    ctx: Arc<CudaContext>,
 }
 
 impl std::fmt::Debug for CudaExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CudaExecutor")
             .field("device", &self.info)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
+}
+
+fn unusable(reason: String) -> ExecError {
+    ExecError::Config {
+        executor: "cuda",
+        reason,
+    }
+}
+
+/// What the executor is built from: host weights, or a seed for random ones.
+enum Source<'a> {
+    Host(&'a Weights),
+    Random(u64),
 }
 
 impl CudaExecutor {
@@ -82,8 +144,7 @@ impl CudaExecutor {
         layout: KvLayout,
         pools: PoolSizes,
     ) -> Result<Self, ExecError> {
-        let _ = (cfg, weights, layout, pools);
-        Err(ExecError::Device("not yet built".into()))
+        Self::build(cfg, Source::Host(&weights), layout, pools)
     }
 
     /// Like [`CudaExecutor::new`] with random bf16 weights drawn on the device from `seed`
@@ -94,8 +155,74 @@ impl CudaExecutor {
         layout: KvLayout,
         pools: PoolSizes,
     ) -> Result<Self, ExecError> {
-        let _ = (cfg, seed, layout, pools);
-        Err(ExecError::Device("not yet built".into()))
+        Self::build(cfg, Source::Random(seed), layout, pools)
+    }
+
+    fn build(
+        cfg: &ModelConfig,
+        source: Source<'_>,
+        layout: KvLayout,
+        pools: PoolSizes,
+    ) -> Result<Self, ExecError> {
+        if layout.dtype_bytes != 2 {
+            return Err(unusable(format!(
+                "KV blocks hold bf16, layout has {}-byte elements",
+                layout.dtype_bytes
+            )));
+        }
+        let expected = (cfg.num_layers, cfg.num_kv_heads, cfg.head_dim);
+        if (layout.layers, layout.kv_heads, layout.head_dim) != expected {
+            return Err(unusable(format!(
+                "layout {layout:?} does not fit the model's (layers, kv_heads, head_dim) {expected:?}"
+            )));
+        }
+        let shape = shape_of(cfg, &layout);
+        shape.check().map_err(unusable)?;
+        let (ctx, info) = driver::open(0)?;
+        ctx.bind_to_thread()
+            .map_err(|e| driver::dev("binding the GPU", e))?;
+        let k = Kernels::load(info.compute_capability, shape)?;
+        let compute = Stream::new()?;
+        let w = match source {
+            Source::Host(w) => weights::upload(cfg, w)?,
+            Source::Random(seed) => weights::random(cfg, seed, &k, &compute)?,
+        };
+        let rope = RopeTable::new(cfg, cfg.max_position_embeddings);
+        let (cos, sin) = rope.cos_sin();
+        let cos_buf = DeviceBuf::new(cos.len() * 4, "RoPE tables")?;
+        cos_buf.upload(cos, "RoPE tables")?;
+        let sin_buf = DeviceBuf::new(sin.len() * 4, "RoPE tables")?;
+        sin_buf.upload(sin, "RoPE tables")?;
+        let dims = dims_of(cfg, layout.block_tokens);
+        let gpu = Gpu {
+            blas: gemm::Blas::new(&compute)?,
+            offload: Stream::new()?,
+            reload: Stream::new()?,
+            w,
+            kv: kv::KvMemory::new(&layout, &pools)?,
+            cos: cos_buf,
+            sin: sin_buf,
+            ws: Workspace::new(&dims, &shape)?,
+            meta_host: PinnedBuf::new(1 << 20, "step metadata")?,
+            meta_dev: DeviceBuf::new(1 << 20, "step metadata")?,
+            ev: Events::new(cfg.num_layers)?,
+            dims,
+            compute,
+            k,
+        };
+        let limits = Limits {
+            layers: cfg.num_layers,
+            vocab: cfg.vocab_size,
+            max_pos: rope.max_pos(),
+            block_tokens: layout.block_tokens,
+            pools,
+        };
+        Ok(CudaExecutor {
+            gpu,
+            limits,
+            info,
+            ctx,
+        })
     }
 
     /// The GPU this executor runs on.
@@ -106,7 +233,36 @@ impl CudaExecutor {
     /// Waits until every copy this executor started has finished (the offloads of a step go on
     /// after `execute` returns its tokens). Benchmarks call it to time transfers.
     pub fn synchronize(&mut self) -> Result<(), ExecError> {
+        self.bind()?;
+        for s in [&self.gpu.compute, &self.gpu.offload, &self.gpu.reload] {
+            s.sync("waiting for the GPU")?;
+        }
         Ok(())
+    }
+
+    /// Transfers issued between tiers so far and their total bytes (their mean size shows how
+    /// well block copies coalesce).
+    pub fn transfer_stats(&self) -> (u64, u64) {
+        (self.gpu.kv.transfers, self.gpu.kv.transfer_bytes)
+    }
+
+    /// Bytes of weights one forward pass reads.
+    pub fn weight_bytes_per_pass(&self) -> u64 {
+        self.gpu.w.bytes_per_pass()
+    }
+
+    fn bind(&self) -> Result<(), ExecError> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver::dev("binding the GPU to this thread", e))
+    }
+}
+
+impl Drop for CudaExecutor {
+    fn drop(&mut self) {
+        // Buffers are freed in the executor's context, whichever thread drops it.
+        let _ = self.bind();
+        let _ = self.synchronize();
     }
 }
 
@@ -121,7 +277,11 @@ impl Executor for CudaExecutor {
     }
 
     fn execute(&mut self, plan: &StepPlan) -> Result<StepOutput, ExecError> {
-        let _ = plan;
-        Err(ExecError::Device("not yet built".into()))
+        let started = Instant::now();
+        validate(plan, &self.limits)?;
+        self.bind()?;
+        let mut out = self.gpu.step(plan)?;
+        out.elapsed = started.elapsed();
+        Ok(out)
     }
 }

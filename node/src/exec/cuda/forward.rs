@@ -1,0 +1,371 @@
+//! One step on the GPU: the plan's copies, then the batch's forward pass layer by layer, then
+//! sampling.
+//!
+//! Three streams. `compute` runs kernels and GEMMs; `offload` takes device → host copies and
+//! `reload` the rest. A staged layer `l` uses staging buffer `l % 2`:
+//! - its stage-in (blocks holding positions before `start_pos`) runs on `reload`, after the
+//!   stage-out of layer `l − 2` (same buffer) finished, and records `ev_in[l]`;
+//! - compute waits `ev_in[l]` (or that stage-out, when nothing comes in) before writing K/V;
+//! - after attention compute records `ev_attn[l]`; `offload` waits for it and copies the blocks
+//!   with new positions back, recording `ev_out[l]`.
+//!
+//! So a layer's offload overlaps the next layers' compute, and the step's tokens are ready
+//! before the last offloads finish: the next step orders itself after them (`tail_*`).
+
+use super::driver::{DeviceBuf, Event, PinnedBuf, Stream, dev};
+use super::gemm::{Blas, Out};
+use super::kernels::{ItemMeta, Kernels, PREFILL_ROWS, STAGED};
+use super::kv::KvMemory;
+use super::weights::DeviceWeights;
+use super::workspace::Workspace;
+use crate::exec::{ExecError, StepOutput};
+use crate::kv::BlockId;
+use crate::model::rng::Rng;
+use crate::sched::plan::{StepPlan, WorkItem};
+
+/// Model sizes the step needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dims {
+    pub(crate) hidden: usize,
+    pub(crate) ff: usize,
+    pub(crate) vocab: usize,
+    pub(crate) layers: usize,
+    pub(crate) eps: f32,
+    pub(crate) block_tokens: usize,
+}
+
+/// Per-layer events and the tails of the copy streams.
+pub(crate) struct Events {
+    pub(crate) input: Vec<Event>,
+    pub(crate) attn: Vec<Event>,
+    pub(crate) out: Vec<Event>,
+    pub(crate) copies_off: Event,
+    pub(crate) copies_rel: Event,
+    pub(crate) tail_off: Event,
+    pub(crate) tail_rel: Event,
+}
+
+impl Events {
+    pub(crate) fn new(layers: usize) -> Result<Events, ExecError> {
+        let v = || (0..layers).map(|_| Event::new(false)).collect::<Result<Vec<_>, _>>();
+        Ok(Events {
+            input: v()?,
+            attn: v()?,
+            out: v()?,
+            copies_off: Event::new(false)?,
+            copies_rel: Event::new(false)?,
+            tail_off: Event::new(false)?,
+            tail_rel: Event::new(false)?,
+        })
+    }
+}
+
+/// The step's metadata, packed for one upload: sections at 16-byte aligned offsets.
+#[derive(Default)]
+struct Meta {
+    bytes: Vec<u8>,
+}
+
+impl Meta {
+    fn push<T: Copy>(&mut self, data: &[T]) -> usize {
+        let off = self.bytes.len().next_multiple_of(16);
+        self.bytes.resize(off, 0);
+        // SAFETY: `T` is a plain-old-data type here (integers, floats, #[repr(C)] ItemMeta).
+        let raw = unsafe {
+            std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data))
+        };
+        self.bytes.extend_from_slice(raw);
+        off
+    }
+}
+
+/// Everything the executor holds on the device.
+pub(crate) struct Gpu {
+    pub(crate) k: Kernels,
+    pub(crate) blas: Blas,
+    pub(crate) compute: Stream,
+    pub(crate) offload: Stream,
+    pub(crate) reload: Stream,
+    pub(crate) w: DeviceWeights,
+    pub(crate) kv: KvMemory,
+    pub(crate) cos: DeviceBuf,
+    pub(crate) sin: DeviceBuf,
+    pub(crate) ws: Workspace,
+    pub(crate) meta_host: PinnedBuf,
+    pub(crate) meta_dev: DeviceBuf,
+    pub(crate) ev: Events,
+    pub(crate) dims: Dims,
+}
+
+/// Positions `start_pos .. start_pos + tokens` need this many blocks.
+fn need(item: &WorkItem, bt: usize) -> usize {
+    (item.start_pos + item.tokens.len()).div_ceil(bt)
+}
+
+/// Keys per decode-attention partition: enough CTAs to fill the GPU twice over, at least 64.
+fn partition_keys(total_keys: usize, kv_heads: usize) -> usize {
+    let per_cta = (total_keys * kv_heads).div_ceil(264);
+    per_cta.next_multiple_of(64).clamp(64, 2048)
+}
+
+impl Gpu {
+    /// Runs the plan's copies across the two copy streams in list order, and orders compute
+    /// and staging after them. Returns the bytes that crossed host ↔ device.
+    fn run_copies(&mut self, plan: &StepPlan) -> Result<u64, ExecError> {
+        if plan.copies.is_empty() {
+            return Ok(0);
+        }
+        let runs = self.kv.copy_runs(&plan.copies);
+        let mut crossed = 0;
+        let mut prev: Option<bool> = None;
+        let mut i = 0;
+        while i < runs.len() {
+            let off = runs[i].offload;
+            let n = runs[i..].iter().take_while(|r| r.offload == off).count();
+            let (stream, other, mark) = if off {
+                (&self.offload, &self.reload, &self.ev.copies_rel)
+            } else {
+                (&self.reload, &self.offload, &self.ev.copies_off)
+            };
+            if prev.is_some() {
+                // The direction changed: keep list order across the two streams.
+                mark.record(other)?;
+                stream.wait(mark)?;
+            }
+            crossed += self.kv.issue(stream, &runs[i..i + n])?;
+            prev = Some(off);
+            i += n;
+        }
+        self.ev.copies_off.record(&self.offload)?;
+        self.ev.copies_rel.record(&self.reload)?;
+        self.compute.wait(&self.ev.copies_off)?;
+        self.compute.wait(&self.ev.copies_rel)?;
+        self.offload.wait(&self.ev.copies_rel)?;
+        self.reload.wait(&self.ev.copies_off)?;
+        Ok(crossed)
+    }
+
+    /// Runs a validated plan. Tokens are in plan order.
+    pub(crate) fn step(&mut self, plan: &StepPlan) -> Result<StepOutput, ExecError> {
+        let d = self.dims;
+        let bt = d.block_tokens;
+        // After the previous step's offloads and reloads.
+        for s in [&self.compute, &self.reload] {
+            s.wait(&self.ev.tail_off)?;
+        }
+        for s in [&self.compute, &self.offload] {
+            s.wait(&self.ev.tail_rel)?;
+        }
+        let mut out = StepOutput {
+            transfer_bytes: self.run_copies(plan)?,
+            ..StepOutput::default()
+        };
+        let items = &plan.items;
+        if items.is_empty() {
+            self.ev.tail_off.record(&self.offload)?;
+            self.ev.tail_rel.record(&self.reload)?;
+            return Ok(out);
+        }
+
+        // Rows, tables, attention work lists.
+        let rows: usize = items.iter().map(|i| i.tokens.len()).sum();
+        let per_layer: usize = items.iter().map(|i| need(i, bt)).sum();
+        let mut metas = Vec::with_capacity(items.len());
+        let (mut tokens, mut positions, mut row_item) = (
+            Vec::with_capacity(rows),
+            Vec::with_capacity(rows),
+            Vec::with_capacity(rows),
+        );
+        let (mut tiles, mut decode_ids, mut last_rows) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut row0, mut toff, mut total_keys, mut max_keys) = (0usize, 0usize, 0usize, 0usize);
+        for (n, item) in items.iter().enumerate() {
+            let r = item.tokens.len();
+            metas.push(ItemMeta {
+                row0: row0 as i32,
+                rows: r as i32,
+                start_pos: item.start_pos as i32,
+                toff: toff as i32,
+            });
+            for (j, &t) in item.tokens.iter().enumerate() {
+                tokens.push(t);
+                positions.push((item.start_pos + j) as i32);
+                row_item.push(n as i32);
+            }
+            if r == 1 {
+                decode_ids.push(n as i32);
+                total_keys += item.start_pos + 1;
+                max_keys = max_keys.max(item.start_pos + 1);
+            } else {
+                for first in (0..r).step_by(PREFILL_ROWS) {
+                    tiles.push([n as i32, first as i32]);
+                }
+            }
+            last_rows.push((row0 + r - 1) as i32);
+            row0 += r;
+            toff += need(item, bt);
+        }
+        // Per layer: table entries, and each staged item's staging slots (in item order).
+        let mut table = Vec::with_capacity(d.layers * per_layer);
+        let mut slots: Vec<Vec<Option<usize>>> = Vec::with_capacity(d.layers);
+        for l in 0..d.layers {
+            let mut next = 0;
+            let mut layer_slots = Vec::with_capacity(items.len());
+            for item in items {
+                let lk = &item.layers[l];
+                let n = need(item, bt);
+                if lk.staged {
+                    table.extend((0..n).map(|b| STAGED | (next + b) as u32));
+                    layer_slots.push(Some(next));
+                    next += n;
+                } else {
+                    table.extend(lk.blocks[..n].iter().map(|id| id.index));
+                    layer_slots.push(None);
+                }
+            }
+            slots.push(layer_slots);
+        }
+        let part_keys = partition_keys(total_keys, self.k.shape.kv_heads);
+        let parts = max_keys.div_ceil(part_keys);
+        let sampled: Vec<usize> = (0..items.len())
+            .filter(|&n| items[n].sampling.temperature > 0.0)
+            .collect();
+        let (mut temps, mut top_ps, mut us) = (Vec::new(), Vec::new(), Vec::new());
+        if !sampled.is_empty() {
+            for item in items {
+                let s = item.sampling;
+                let greedy = s.temperature <= 0.0;
+                temps.push(if greedy { 1.0 } else { s.temperature });
+                top_ps.push(if greedy { 1.0 } else { s.top_p });
+                let u = Rng::derive(s.seed, item.output_index as u64).next_f64();
+                us.push((u as f32).min(1.0 - f32::EPSILON));
+            }
+        }
+
+        let mut meta = Meta::default();
+        let o_tokens = meta.push(&tokens);
+        let o_pos = meta.push(&positions);
+        let o_row_item = meta.push(&row_item);
+        let o_items = meta.push(&metas);
+        let o_table = meta.push(&table);
+        let o_tiles = meta.push(&tiles);
+        let o_decode = meta.push(&decode_ids);
+        let o_last = meta.push(&last_rows);
+        let o_temps = meta.push(&temps);
+        let o_top_ps = meta.push(&top_ps);
+        let o_us = meta.push(&us);
+        self.upload_meta(&meta.bytes)?;
+        let m = |off: usize| self.meta_dev.ptr() + off as u64;
+        let partials = decode_ids.len() * self.k.shape.kv_heads * parts;
+        self.ws.ensure(rows, items.len(), partials)?;
+
+        let (k, ws, w, sh) = (&self.k, &self.ws, &self.w, self.k.shape);
+        let c = &self.compute;
+        let (h, ff) = (d.hidden, d.ff);
+        let scale_log2 = std::f32::consts::LOG2_E / (sh.head_dim as f32).sqrt();
+        k.embed_gather(c, ws.x.ptr(), w.embed.ptr(), m(o_tokens), rows, h as i32)?;
+        let mut staged_layers = vec![false; d.layers];
+        for l in 0..d.layers {
+            let lw = &w.layers[l];
+            k.rms_norm(c, ws.normed.ptr(), ws.x.ptr(), lw.attn_norm.ptr(), rows, h as i32, d.eps)?;
+            self.blas.linear(ws.qkv.ptr(), Out::F32, ws.normed.ptr(), lw.wqkv.ptr(), rows, sh.qkv_width(), h, false)?;
+            let bias = lw.bqkv.as_ref().map_or(0, |b| b.ptr());
+            k.rope_qkv(c, ws.qkv.ptr(), bias, m(o_pos), self.cos.ptr(), self.sin.ptr(), ws.q.ptr(), rows)?;
+
+            let staged = slots[l].iter().any(Option::is_some);
+            staged_layers[l] = staged;
+            if staged {
+                let mut ins = Vec::new();
+                for (item, slot) in items.iter().zip(&slots[l]) {
+                    if let Some(s0) = slot {
+                        let n_in = item.start_pos.div_ceil(bt);
+                        ins.extend(self.kv.staging_runs(l, *s0, &item.layers[l].blocks[..n_in], false));
+                    }
+                }
+                if l >= 2 && staged_layers[l - 2] {
+                    self.reload.wait(&self.ev.out[l - 2])?;
+                    c.wait(&self.ev.out[l - 2])?;
+                }
+                if !ins.is_empty() {
+                    out.transfer_bytes += self.kv.issue(&self.reload, &ins)?;
+                    self.ev.input[l].record(&self.reload)?;
+                    c.wait(&self.ev.input[l])?;
+                }
+            }
+            let table_l = m(o_table) + (l * per_layer * 4) as u64;
+            let staging = self.kv.staging[l % 2].ptr();
+            k.kv_write(c, ws.qkv.ptr(), m(o_row_item), m(o_items), table_l, self.kv.pool.ptr(), staging, rows)?;
+            if !tiles.is_empty() {
+                k.attn_prefill(c, ws.att.ptr(), ws.q.ptr(), m(o_tiles), tiles.len(), m(o_items), table_l, self.kv.pool.ptr(), staging, scale_log2)?;
+            }
+            if !decode_ids.is_empty() {
+                k.attn_decode(c, ws.part_o.ptr(), ws.part_ml.ptr(), ws.q.ptr(), m(o_decode), decode_ids.len(), m(o_items), table_l, self.kv.pool.ptr(), staging, part_keys as i32, parts as i32, scale_log2)?;
+                k.attn_decode_reduce(c, ws.att.ptr(), ws.part_o.ptr(), ws.part_ml.ptr(), m(o_decode), decode_ids.len(), m(o_items), parts as i32)?;
+            }
+            if staged {
+                self.ev.attn[l].record(c)?;
+                self.offload.wait(&self.ev.attn[l])?;
+                let mut outs = Vec::new();
+                for (item, slot) in items.iter().zip(&slots[l]) {
+                    if let Some(s0) = slot {
+                        let first = item.start_pos / bt;
+                        let blocks: &[BlockId] = &item.layers[l].blocks[first..need(item, bt)];
+                        outs.extend(self.kv.staging_runs(l, s0 + first, blocks, true));
+                    }
+                }
+                out.transfer_bytes += self.kv.issue(&self.offload, &outs)?;
+                self.ev.out[l].record(&self.offload)?;
+            }
+            self.blas.linear(ws.x.ptr(), Out::F32, ws.att.ptr(), lw.wo.ptr(), rows, h, sh.q_dim(), true)?;
+            k.rms_norm(c, ws.normed.ptr(), ws.x.ptr(), lw.mlp_norm.ptr(), rows, h as i32, d.eps)?;
+            self.blas.linear(ws.gu.ptr(), Out::Bf16, ws.normed.ptr(), lw.w_gate_up.ptr(), rows, 2 * ff, h, false)?;
+            k.silu_mul(c, ws.act.ptr(), ws.gu.ptr(), ff as i32, rows)?;
+            self.blas.linear(ws.x.ptr(), Out::F32, ws.act.ptr(), lw.w_down.ptr(), rows, h, ff, true)?;
+        }
+        let n = items.len();
+        k.gather_rows(c, ws.last.ptr(), ws.x.ptr(), m(o_last), n, h as i32)?;
+        k.rms_norm(c, ws.last_normed.ptr(), ws.last.ptr(), w.final_norm.ptr(), n, h as i32, d.eps)?;
+        self.blas.linear(ws.logits.ptr(), Out::F32, ws.last_normed.ptr(), w.lm_head(), n, d.vocab, h, false)?;
+        k.argmax_rows(c, ws.tokens.ptr(), ws.logits.ptr(), n, d.vocab as i32)?;
+        if !sampled.is_empty() {
+            k.sample_top_p(c, ws.sampled.ptr(), ws.logits.ptr(), n, d.vocab as i32, m(o_temps), m(o_top_ps), m(o_us))?;
+        }
+        self.ev.tail_off.record(&self.offload)?;
+        self.ev.tail_rel.record(&self.reload)?;
+        c.sync("running the step")?;
+
+        let mut greedy = vec![0u32; n];
+        ws.tokens.download(&mut greedy, "tokens")?;
+        let mut drawn = vec![0u32; if sampled.is_empty() { 0 } else { n }];
+        if !sampled.is_empty() {
+            ws.sampled.download(&mut drawn, "sampled tokens")?;
+        }
+        let mut logits = Vec::new();
+        if items.iter().any(|i| i.want_logits) {
+            logits = vec![0f32; n * d.vocab];
+            ws.logits.download(&mut logits, "logits")?;
+        }
+        for (i, item) in items.iter().enumerate() {
+            let t = if item.sampling.temperature > 0.0 { drawn[i] } else { greedy[i] };
+            out.tokens.push((item.seq, t));
+            if item.want_logits {
+                out.logits.push((item.seq, logits[i * d.vocab..(i + 1) * d.vocab].to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn upload_meta(&mut self, bytes: &[u8]) -> Result<(), ExecError> {
+        if bytes.len() > self.meta_host.bytes() {
+            let cap = bytes.len().next_power_of_two();
+            self.meta_host = PinnedBuf::new(cap, "step metadata")?;
+        }
+        if bytes.len() > self.meta_dev.bytes() {
+            let cap = bytes.len().next_power_of_two();
+            self.meta_dev = DeviceBuf::new(cap, "step metadata")?;
+        }
+        self.meta_host.as_mut_slice::<u8>()[..bytes.len()].copy_from_slice(bytes);
+        self.compute
+            .copy(self.meta_dev.ptr(), self.meta_host.addr(), bytes.len())
+            .map_err(|e| dev("uploading step metadata", e))
+    }
+}

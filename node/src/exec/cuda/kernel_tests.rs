@@ -1,0 +1,479 @@
+//! Every kernel against a reference computed here in f64, on fresh random inputs, with outputs
+//! poisoned (all-ones bytes: NaN in f32 and bf16) before each run so an unwritten element
+//! fails. Skips with a message where no GPU is usable.
+
+use super::driver::{self, DeviceBuf, Stream};
+use super::gemm::{Blas, Out};
+use super::kernels::{ItemMeta, Kernels, PREFILL_ROWS, STAGED, Shape};
+use crate::model::rng::Rng;
+use crate::model::rope::RopeTable;
+use crate::model::{ModelConfig, Preset};
+use cudarc::driver::CudaContext;
+use half::bf16;
+use std::sync::Arc;
+
+struct Env {
+    k: Kernels,
+    s: Stream,
+    _ctx: Arc<CudaContext>,
+}
+
+fn env(shape: Shape) -> Option<Env> {
+    let (ctx, info) = match driver::open(0) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            return None;
+        }
+    };
+    ctx.bind_to_thread().expect("bind");
+    let k = Kernels::load(info.compute_capability, shape).expect("kernels compile and load");
+    Some(Env {
+        k,
+        s: Stream::new().expect("stream"),
+        _ctx: ctx,
+    })
+}
+
+const SMALL: Shape = Shape {
+    head_dim: 32,
+    heads: 4,
+    kv_heads: 2,
+    block_tokens: 8,
+};
+const LLAMA: Shape = Shape {
+    head_dim: 128,
+    heads: 8,
+    kv_heads: 2,
+    block_tokens: 16,
+};
+
+fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+fn to_bf16(v: &[f32]) -> Vec<bf16> {
+    v.iter().map(|&x| bf16::from_f32(x)).collect()
+}
+
+fn up<T: Copy>(v: &[T]) -> DeviceBuf {
+    let b = DeviceBuf::new(std::mem::size_of_val(v), "test input").unwrap();
+    b.upload(v, "test input").unwrap();
+    b
+}
+
+fn poisoned(bytes: usize) -> DeviceBuf {
+    let b = DeviceBuf::new(bytes, "test output").unwrap();
+    b.fill_bytes(0xff).unwrap();
+    b
+}
+
+fn down_f32(b: &DeviceBuf, n: usize) -> Vec<f32> {
+    let mut v = vec![0f32; n];
+    b.download(&mut v, "test output").unwrap();
+    v
+}
+
+fn down_bf16(b: &DeviceBuf, n: usize) -> Vec<f32> {
+    let mut v = vec![bf16::ZERO; n];
+    b.download(&mut v, "test output").unwrap();
+    v.iter().map(|x| x.to_f32()).collect()
+}
+
+/// ‖got − want‖ / ‖want‖, failing on any NaN (an unwritten, poisoned element).
+fn rel_err(got: &[f32], want: &[f64], what: &str) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().position(|x| !x.is_finite()) {
+        panic!("{what}: element {i} is {} (unwritten?)", got[i]);
+    }
+    let err: f64 = got.iter().zip(want).map(|(&g, w)| (g as f64 - w).powi(2)).sum();
+    let norm: f64 = want.iter().map(|w| w * w).sum();
+    (err / norm.max(1e-30)).sqrt()
+}
+
+#[test]
+fn rms_norm_embed_gather_rows_and_silu_match_the_reference() {
+    let Some(e) = env(SMALL) else { return };
+    let mut rng = Rng::derive(11, 0);
+    let (rows, h) = (7usize, 300usize);
+    let x = randn(&mut rng, rows * h, 3.0);
+    let w = randn(&mut rng, h, 1.5);
+    let out = poisoned(rows * h * 2);
+    let (xb, wb) = (up(&x), up(&w));
+    e.k.rms_norm(&e.s, out.ptr(), xb.ptr(), wb.ptr(), rows, h as i32, 1e-5).unwrap();
+    e.s.sync("test").unwrap();
+    let mut want = Vec::new();
+    for r in 0..rows {
+        let xr = &x[r * h..(r + 1) * h];
+        let ms = xr.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / h as f64;
+        let inv = 1.0 / (ms + 1e-5).sqrt();
+        want.extend(xr.iter().zip(&w).map(|(&v, &g)| v as f64 * inv * g as f64));
+    }
+    let err = rel_err(&down_bf16(&out, rows * h), &want, "rms_norm");
+    assert!(err < 5e-3, "rms_norm error {err:e}");
+
+    // Embedding rows (bf16 table) and row gathers are exact.
+    let vocab = 50;
+    let table = to_bf16(&randn(&mut rng, vocab * h, 1.0));
+    let tokens: Vec<u32> = (0..rows as u32).map(|i| (i * 7 + 3) % vocab as u32).collect();
+    let (tb, tok) = (up(&table), up(&tokens));
+    let emb = poisoned(rows * h * 4);
+    e.k.embed_gather(&e.s, emb.ptr(), tb.ptr(), tok.ptr(), rows, h as i32).unwrap();
+    let pick: Vec<i32> = vec![6, 0, 3];
+    let pb = up(&pick);
+    let gathered = poisoned(pick.len() * h * 4);
+    e.k.gather_rows(&e.s, gathered.ptr(), emb.ptr(), pb.ptr(), pick.len(), h as i32).unwrap();
+    e.s.sync("test").unwrap();
+    let got = down_f32(&emb, rows * h);
+    for (r, &t) in tokens.iter().enumerate() {
+        for i in 0..h {
+            assert_eq!(got[r * h + i], table[t as usize * h + i].to_f32(), "embed row {r}");
+        }
+    }
+    let g = down_f32(&gathered, pick.len() * h);
+    for (j, &r) in pick.iter().enumerate() {
+        assert_eq!(&g[j * h..(j + 1) * h], &got[r as usize * h..(r as usize + 1) * h]);
+    }
+
+    // SwiGLU on [gate | up] rows.
+    let ff = 130;
+    let gu = to_bf16(&randn(&mut rng, rows * 2 * ff, 4.0));
+    let gub = up(&gu);
+    let act = poisoned(rows * ff * 2);
+    e.k.silu_mul(&e.s, act.ptr(), gub.ptr(), ff as i32, rows).unwrap();
+    e.s.sync("test").unwrap();
+    let mut want = Vec::new();
+    for r in 0..rows {
+        for c in 0..ff {
+            let g = gu[r * 2 * ff + c].to_f64();
+            let u = gu[r * 2 * ff + ff + c].to_f64();
+            want.push(g / (1.0 + (-g).exp()) * u);
+        }
+    }
+    let err = rel_err(&down_bf16(&act, rows * ff), &want, "silu_mul");
+    assert!(err < 5e-3, "silu_mul error {err:e}");
+}
+
+fn rope_cfg(shape: &Shape) -> ModelConfig {
+    let mut cfg = Preset::Llama3_8b.config(); // llama3 rope scaling
+    cfg.head_dim = shape.head_dim;
+    cfg.num_heads = shape.heads;
+    cfg.num_kv_heads = shape.kv_heads;
+    cfg.hidden_size = shape.heads * shape.head_dim;
+    cfg.max_position_embeddings = 9000;
+    cfg
+}
+
+#[test]
+fn rope_rotates_q_and_k_with_llama3_scaling_and_adds_the_bias() {
+    let sh = SMALL;
+    let Some(e) = env(sh) else { return };
+    let cfg = rope_cfg(&sh);
+    assert!(cfg.rope_scaling.is_some());
+    let table = RopeTable::new(&cfg, cfg.max_position_embeddings);
+    let (cos, sin) = table.cos_sin();
+    let mut rng = Rng::derive(12, 0);
+    let rows = 9;
+    let w = sh.qkv_width();
+    let qkv = randn(&mut rng, rows * w, 2.0);
+    let bias = randn(&mut rng, w, 0.5);
+    let pos: Vec<i32> = (0..rows as i32).map(|i| i * 977 % 9000).collect();
+    let (qkv_b, bias_b, pos_b, cos_b, sin_b) = (up(&qkv), up(&bias), up(&pos), up(cos), up(sin));
+    let q = poisoned(rows * sh.q_dim() * 2);
+    e.k.rope_qkv(&e.s, qkv_b.ptr(), bias_b.ptr(), pos_b.ptr(), cos_b.ptr(), sin_b.ptr(), q.ptr(), rows).unwrap();
+    e.s.sync("test").unwrap();
+    let got_q = down_bf16(&q, rows * sh.q_dim());
+    let got_kv = down_f32(&qkv_b, rows * w);
+    let (mut want_q, mut want_k, mut got_k) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rows {
+        let mut row: Vec<f32> = (0..w).map(|i| qkv[r * w + i] + bias[i]).collect();
+        for head in row[..sh.q_dim() + sh.kv_dim()].chunks_mut(sh.head_dim) {
+            table.rotate(head, pos[r] as usize);
+        }
+        want_q.extend(row[..sh.q_dim()].iter().map(|&v| v as f64));
+        want_k.extend(row[sh.q_dim()..].iter().map(|&v| v as f64));
+        got_k.extend_from_slice(&got_kv[r * w + sh.q_dim()..(r + 1) * w]);
+    }
+    let eq = rel_err(&got_q, &want_q, "rope q");
+    let ek = rel_err(&got_k, &want_k, "rope k, v");
+    assert!(eq < 5e-3 && ek < 1e-5, "rope errors q {eq:e}, k/v {ek:e}");
+}
+
+#[test]
+fn gemm_bf16_matches_the_reference_in_f32_and_bf16_and_accumulates() {
+    let Some(e) = env(SMALL) else { return };
+    let blas = Blas::new(&e.s).unwrap();
+    let mut rng = Rng::derive(13, 0);
+    let (rows, m, k) = (37usize, 96usize, 200usize);
+    let x = to_bf16(&randn(&mut rng, rows * k, 1.0));
+    let w = to_bf16(&randn(&mut rng, m * k, 1.0));
+    let y0 = randn(&mut rng, rows * m, 1.0);
+    let mut want = vec![0f64; rows * m];
+    for r in 0..rows {
+        for j in 0..m {
+            want[r * m + j] = (0..k).map(|i| x[r * k + i].to_f64() * w[j * k + i].to_f64()).sum();
+        }
+    }
+    let (xb, wb) = (up(&x), up(&w));
+    let yf = poisoned(rows * m * 4);
+    blas.linear(yf.ptr(), Out::F32, xb.ptr(), wb.ptr(), rows, m, k, false).unwrap();
+    let yb = poisoned(rows * m * 2);
+    blas.linear(yb.ptr(), Out::Bf16, xb.ptr(), wb.ptr(), rows, m, k, false).unwrap();
+    let acc = up(&y0);
+    blas.linear(acc.ptr(), Out::F32, xb.ptr(), wb.ptr(), rows, m, k, true).unwrap();
+    e.s.sync("test").unwrap();
+    let ef = rel_err(&down_f32(&yf, rows * m), &want, "gemm f32");
+    let eb = rel_err(&down_bf16(&yb, rows * m), &want, "gemm bf16");
+    let want_acc: Vec<f64> = want.iter().zip(&y0).map(|(w, &y)| w + y as f64).collect();
+    let ea = rel_err(&down_f32(&acc, rows * m), &want_acc, "gemm accumulate");
+    assert!(ef < 1e-5 && eb < 5e-3 && ea < 1e-5, "gemm errors {ef:e} {eb:e} {ea:e}");
+}
+
+/// A pool of random blocks, items with cached prefixes and new rows, tables through a shuffled
+/// pool and a staging buffer: kv_write, then prefill and decode attention, checked against
+/// attention in f64 over the very bf16 values in the blocks.
+fn attention_case(sh: Shape, seed: u64) {
+    let Some(e) = env(sh) else { return };
+    let mut rng = Rng::derive(seed, 0);
+    let bt = sh.block_tokens;
+    let be = 2 * bt * sh.kv_dim(); // elements per block
+    // (start_pos, rows, staged): prefills with and without a prefix, decodes.
+    let cases = [(0usize, 150usize, false), (37, 64, true), (5, 1, false), (300, 1, true), (0, 1, false), (129, 70, false)];
+    let pool_blocks = 200;
+    let staging_blocks = 64;
+    let mut pool = to_bf16(&randn(&mut rng, pool_blocks * be, 1.0));
+    let mut staging = to_bf16(&randn(&mut rng, staging_blocks * be, 1.0));
+    let mut free: Vec<u32> = (0..pool_blocks as u32).collect();
+    for i in (1..free.len()).rev() {
+        let j = (rng.next_f64() * (i + 1) as f64) as usize;
+        free.swap(i, j.min(i));
+    }
+    let (mut metas, mut table, mut row_item) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut tiles, mut decode_ids) = (Vec::new(), Vec::new());
+    let (mut row0, mut next_slot) = (0, 0u32);
+    for (n, &(sp, rows, staged)) in cases.iter().enumerate() {
+        let need = (sp + rows).div_ceil(bt);
+        metas.push(ItemMeta { row0: row0 as i32, rows: rows as i32, start_pos: sp as i32, toff: table.len() as i32 });
+        for _ in 0..need {
+            if staged {
+                table.push(STAGED | next_slot);
+                next_slot += 1;
+            } else {
+                table.push(free.pop().unwrap());
+            }
+        }
+        row_item.extend(std::iter::repeat_n(n as i32, rows));
+        if rows == 1 {
+            decode_ids.push(n as i32);
+        } else {
+            tiles.extend((0..rows).step_by(PREFILL_ROWS).map(|f| [n as i32, f as i32]));
+        }
+        row0 += rows;
+    }
+    let total_rows = row0;
+    let qkv = randn(&mut rng, total_rows * sh.qkv_width(), 1.0);
+    let q = to_bf16(&randn(&mut rng, total_rows * sh.q_dim(), 1.0));
+    // Poison the positions kv_write must fill so a miss shows up as NaN.
+    let nan = bf16::from_bits(0xffff);
+    for m in &metas {
+        for pos in m.start_pos as usize..(m.start_pos + m.rows) as usize {
+            let e_ = table[m.toff as usize + pos / bt];
+            let (buf, base) = if e_ & STAGED != 0 {
+                (&mut staging, (e_ & !STAGED) as usize * be)
+            } else {
+                (&mut pool, e_ as usize * be)
+            };
+            let off = pos % bt;
+            for j in 0..sh.kv_dim() {
+                buf[base + off * sh.kv_dim() + j] = nan;
+                buf[base + (bt + off) * sh.kv_dim() + j] = nan;
+            }
+        }
+    }
+    let (pool_b, staging_b) = (up(&pool), up(&staging));
+    let (qkv_b, q_b, meta_b, table_b, ri_b) = (up(&qkv), up(&q), up(&metas), up(&table), up(&row_item));
+    let (tiles_b, dec_b) = (up(&tiles), up(&decode_ids));
+    e.k.kv_write(&e.s, qkv_b.ptr(), ri_b.ptr(), meta_b.ptr(), table_b.ptr(), pool_b.ptr(), staging_b.ptr(), total_rows).unwrap();
+    let att = poisoned(total_rows * sh.q_dim() * 2);
+    let scale_log2 = std::f32::consts::LOG2_E / (sh.head_dim as f32).sqrt();
+    e.k.attn_prefill(&e.s, att.ptr(), q_b.ptr(), tiles_b.ptr(), tiles.len(), meta_b.ptr(), table_b.ptr(), pool_b.ptr(), staging_b.ptr(), scale_log2).unwrap();
+    let part_keys = 64;
+    let parts = 301usize.div_ceil(part_keys);
+    let group = sh.heads / sh.kv_heads;
+    let n_part = decode_ids.len() * sh.kv_heads * parts;
+    let (po, pml) = (poisoned(n_part * group * sh.head_dim * 4), poisoned(n_part * group * 2 * 4));
+    e.k.attn_decode(&e.s, po.ptr(), pml.ptr(), q_b.ptr(), dec_b.ptr(), decode_ids.len(), meta_b.ptr(), table_b.ptr(), pool_b.ptr(), staging_b.ptr(), part_keys as i32, parts as i32, scale_log2).unwrap();
+    e.k.attn_decode_reduce(&e.s, att.ptr(), po.ptr(), pml.ptr(), dec_b.ptr(), decode_ids.len(), meta_b.ptr(), parts as i32).unwrap();
+    e.s.sync("test").unwrap();
+
+    let mut pool_after = vec![bf16::ZERO; pool.len()];
+    pool_b.download(&mut pool_after, "pool").unwrap();
+    let mut staging_after = vec![bf16::ZERO; staging.len()];
+    staging_b.download(&mut staging_after, "staging").unwrap();
+    let kv_at = |entry: u32, pos: usize, v: bool, j: usize| -> f64 {
+        let (buf, base) = if entry & STAGED != 0 {
+            (&staging_after, (entry & !STAGED) as usize * be)
+        } else {
+            (&pool_after, entry as usize * be)
+        };
+        let off = pos % bt + if v { bt } else { 0 };
+        buf[base + off * sh.kv_dim() + j].to_f64()
+    };
+    // kv_write: new positions hold bf16(k), bf16(v) of their rows.
+    for m in &metas {
+        for r in 0..m.rows as usize {
+            let pos = m.start_pos as usize + r;
+            let entry = table[m.toff as usize + pos / bt];
+            let row = &qkv[(m.row0 as usize + r) * sh.qkv_width()..];
+            for j in 0..sh.kv_dim() {
+                assert_eq!(kv_at(entry, pos, false, j), bf16::from_f32(row[sh.q_dim() + j]).to_f64());
+                assert_eq!(kv_at(entry, pos, true, j), bf16::from_f32(row[sh.q_dim() + sh.kv_dim() + j]).to_f64());
+            }
+        }
+    }
+    let got = down_bf16(&att, total_rows * sh.q_dim());
+    let (d, scale) = (sh.head_dim, 1.0 / (sh.head_dim as f64).sqrt());
+    for (n, m) in metas.iter().enumerate() {
+        let mut want = Vec::new();
+        let mut g = Vec::new();
+        for r in 0..m.rows as usize {
+            let row = m.row0 as usize + r;
+            let qpos = m.start_pos as usize + r;
+            for head in 0..sh.heads {
+                let kvh = head / group;
+                let qv: Vec<f64> = (0..d).map(|i| q[row * sh.q_dim() + head * d + i].to_f64()).collect();
+                let scores: Vec<f64> = (0..=qpos)
+                    .map(|p| {
+                        let entry = table[m.toff as usize + p / bt];
+                        (0..d).map(|i| qv[i] * kv_at(entry, p, false, kvh * d + i)).sum::<f64>() * scale
+                    })
+                    .collect();
+                let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let ws: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
+                let total: f64 = ws.iter().sum();
+                for i in 0..d {
+                    let o: f64 = (0..=qpos)
+                        .map(|p| ws[p] * kv_at(table[m.toff as usize + p / bt], p, true, kvh * d + i))
+                        .sum();
+                    want.push(o / total);
+                    g.push(got[row * sh.q_dim() + head * d + i]);
+                }
+            }
+        }
+        let err = rel_err(&g, &want, &format!("attention item {n} {:?}", cases[n]));
+        assert!(err < 1.5e-2, "attention item {n} {:?}: relative error {err:e}", cases[n]);
+    }
+}
+
+#[test]
+fn paged_attention_prefill_and_decode_match_the_reference_small_shape() {
+    attention_case(SMALL, 21);
+}
+
+#[test]
+fn paged_attention_prefill_and_decode_match_the_reference_llama_head_dim() {
+    attention_case(LLAMA, 22);
+}
+
+#[test]
+fn argmax_breaks_ties_low_and_never_picks_nan() {
+    let Some(e) = env(SMALL) else { return };
+    let vocab = 5000;
+    let mut rng = Rng::derive(14, 0);
+    let mut rows: Vec<Vec<f32>> = (0..4).map(|_| randn(&mut rng, vocab, 10.0)).collect();
+    rows[1][4000] = 50.0;
+    rows[1][17] = 50.0; // tie: the lower id wins
+    rows[2][9] = f32::NAN;
+    rows[2][3] = 60.0;
+    rows[3] = vec![f32::NEG_INFINITY; vocab];
+    let flat: Vec<f32> = rows.concat();
+    let lb = up(&flat);
+    let out = poisoned(rows.len() * 4);
+    e.k.argmax_rows(&e.s, out.ptr(), lb.ptr(), rows.len(), vocab as i32).unwrap();
+    e.s.sync("test").unwrap();
+    let mut got = vec![0u32; rows.len()];
+    out.download(&mut got, "argmax").unwrap();
+    let want: Vec<u32> = rows.iter().map(|r| crate::exec::cpu::sample::argmax(r)).collect();
+    assert_eq!(got, want);
+    assert_eq!(got[1], 17);
+    assert_eq!(got[2], 3);
+    assert_eq!(got[3], 0);
+}
+
+#[test]
+fn top_p_sampling_keeps_the_nucleus_and_follows_the_softmax() {
+    let Some(e) = env(SMALL) else { return };
+    let vocab = 64;
+    let logits: Vec<f32> = (0..vocab).map(|i| ((i * 37) % 11) as f32 * 0.4).collect();
+    let rows = 4000;
+    let flat: Vec<f32> = (0..rows).flat_map(|_| logits.iter().copied()).collect();
+    let lb = up(&flat);
+    let temps = up(&vec![1.0f32; rows]);
+    let run = |top_p: f32| {
+        let tp = up(&vec![top_p; rows]);
+        let us: Vec<f32> = (0..rows).map(|i| Rng::derive(5, i as u64).next_f64() as f32).collect();
+        let ub = up(&us);
+        let out = poisoned(rows * 4);
+        e.k.sample_top_p(&e.s, out.ptr(), lb.ptr(), rows, vocab as i32, temps.ptr(), tp.ptr(), ub.ptr()).unwrap();
+        e.s.sync("test").unwrap();
+        let mut got = vec![0u32; rows];
+        out.download(&mut got, "samples").unwrap();
+        got
+    };
+    let best = crate::exec::cpu::sample::argmax(&logits);
+    let tiny = run(1e-6);
+    // Tokens tied at the top are all kept by a threshold; each of them is a top token.
+    let top = logits[best as usize];
+    assert!(tiny.iter().all(|&t| logits[t as usize] == top), "tiny top_p keeps only the top logits");
+    // Full nucleus: frequencies follow the softmax (loose bound: 4000 draws).
+    let all = run(1.0);
+    let mx = logits.iter().cloned().fold(f32::MIN, f32::max) as f64;
+    let p: Vec<f64> = logits.iter().map(|&l| (l as f64 - mx).exp()).collect();
+    let z: f64 = p.iter().sum();
+    let mut count = vec![0usize; vocab];
+    for &t in &all {
+        count[t as usize] += 1;
+    }
+    let tv: f64 = (0..vocab).map(|i| (count[i] as f64 / rows as f64 - p[i] / z).abs()).sum::<f64>() / 2.0;
+    assert!(tv < 0.05, "total variation from the softmax {tv}");
+    // top_p 0.5 draws only from the most likely tokens holding half the mass.
+    let half_ = run(0.5);
+    let mut sorted: Vec<f64> = p.iter().map(|x| x / z).collect();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let (mut mass, mut cut) = (0.0, 0.0);
+    for &q in &sorted {
+        mass += q;
+        cut = q;
+        if mass >= 0.5 {
+            break;
+        }
+    }
+    assert!(half_.iter().all(|&t| p[t as usize] / z >= cut - 1e-6), "a token outside the nucleus was drawn");
+}
+
+#[test]
+fn copy_blocks_moves_whole_blocks_between_listed_addresses() {
+    let Some(e) = env(SMALL) else { return };
+    let block_bytes = 4096usize;
+    let n = 40usize;
+    let mut rng = Rng::derive(15, 0);
+    let src_data: Vec<f32> = randn(&mut rng, n * block_bytes / 4, 1.0);
+    let src = up(&src_data);
+    let dst = poisoned(n * block_bytes);
+    let order: Vec<usize> = (0..n).map(|i| (i * 7) % n).collect();
+    let pairs: Vec<u64> = order
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &j)| [src.at(i * block_bytes), dst.at(j * block_bytes)])
+        .collect();
+    let pb = up(&pairs);
+    e.k.copy_blocks(&e.s, pb.ptr(), n, block_bytes as u64).unwrap();
+    e.s.sync("test").unwrap();
+    let got = down_f32(&dst, n * block_bytes / 4);
+    let per = block_bytes / 4;
+    for (i, &j) in order.iter().enumerate() {
+        assert_eq!(&got[j * per..(j + 1) * per], &src_data[i * per..(i + 1) * per], "block {i} → {j}");
+    }
+}
