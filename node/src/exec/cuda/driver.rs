@@ -53,7 +53,9 @@ pub(crate) fn libraries() -> Result<(), ExecError> {
 pub(crate) fn open(ordinal: usize) -> Result<(Arc<CudaContext>, DeviceInfo), ExecError> {
     libraries()?;
     let count = CudaContext::device_count().map_err(|e| {
-        ExecError::Device(format!("no usable GPU: the CUDA driver does not start: {e}"))
+        ExecError::Device(format!(
+            "no usable GPU: the CUDA driver does not start: {e}"
+        ))
     })?;
     if ordinal >= count.max(0) as usize {
         return Err(ExecError::Device(format!(
@@ -191,12 +193,6 @@ impl PinnedBuf {
         // SAFETY: `bytes` valid bytes, page-aligned, exclusively borrowed.
         unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut T, n) }
     }
-
-    pub(crate) fn as_slice<T: Copy>(&self) -> &[T] {
-        let n = self.bytes / std::mem::size_of::<T>();
-        // SAFETY: as above, shared.
-        unsafe { std::slice::from_raw_parts(self.ptr as *const T, n) }
-    }
 }
 
 impl Drop for PinnedBuf {
@@ -228,8 +224,14 @@ impl Stream {
     /// Makes later work on this stream wait for `event`'s last record.
     pub(crate) fn wait(&self, event: &Event) -> Result<(), ExecError> {
         // SAFETY: live stream and event.
-        unsafe { result::stream::wait_event(self.0, event.0, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT) }
-            .map_err(|e| dev("ordering streams", e))
+        unsafe {
+            result::stream::wait_event(
+                self.0,
+                event.0,
+                sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+        }
+        .map_err(|e| dev("ordering streams", e))
     }
 
     /// Copies `bytes` between any two addresses (device, pinned host) on this stream.

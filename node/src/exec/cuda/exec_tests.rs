@@ -16,7 +16,11 @@ const POOLS: PoolSizes = PoolSizes {
 };
 
 fn rel(a: &[f32], b: &[f32]) -> f64 {
-    let e: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum();
+    let e: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
     let n: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
     (e / n).sqrt()
 }
@@ -30,13 +34,28 @@ fn tiny_logits_match_the_cpu_executor_resident_and_staged() {
     let cfg = Preset::Tiny.config();
     let w = Weights::random(&cfg, 3, 0..cfg.num_layers).unwrap();
     let bt = 16;
-    let mut cpu = CpuExecutor::new(&cfg, w.clone(), KvLayout::for_model(&cfg, bt, 4), POOLS).unwrap();
+    let mut cpu =
+        CpuExecutor::new(&cfg, w.clone(), KvLayout::for_model(&cfg, bt, 4), POOLS).unwrap();
     let mut gpu = CudaExecutor::new(&cfg, w, KvLayout::for_model(&cfg, bt, 2), POOLS).unwrap();
     let layers = cfg.num_layers;
     // Sequence A: resident on GPU blocks 0..; B: every other layer staged from host blocks.
     let mut seqs: Vec<(u64, Vec<u32>, usize, Vec<LayerKv>)> = vec![
-        (1, (0..40).map(|i| (i * 13 + 5) % cfg.vocab_size as u32).collect(), 0, Vec::new()),
-        (2, (0..7).map(|i| (i * 7 + 1) % cfg.vocab_size as u32).collect(), 0, Vec::new()),
+        (
+            1,
+            (0..40)
+                .map(|i| (i * 13 + 5) % cfg.vocab_size as u32)
+                .collect(),
+            0,
+            Vec::new(),
+        ),
+        (
+            2,
+            (0..7)
+                .map(|i| (i * 7 + 1) % cfg.vocab_size as u32)
+                .collect(),
+            0,
+            Vec::new(),
+        ),
     ];
     let (mut next_gpu, mut next_host) = (0u32, 0u32);
     for step in 0..5 {
@@ -45,7 +64,10 @@ fn tiny_logits_match_the_cpu_executor_resident_and_staged() {
             let need = toks.len().div_ceil(bt);
             if lks.is_empty() {
                 *lks = (0..layers)
-                    .map(|l| LayerKv { blocks: Vec::new(), staged: *id == 2 && l % 2 == 1 })
+                    .map(|l| LayerKv {
+                        blocks: Vec::new(),
+                        staged: *id == 2 && l % 2 == 1,
+                    })
                     .collect();
             }
             for lk in lks.iter_mut() {
@@ -61,7 +83,11 @@ fn tiny_logits_match_the_cpu_executor_resident_and_staged() {
             }
             items.push(WorkItem {
                 seq: RequestId(*id),
-                kind: if *done == 0 { WorkKind::Prefill } else { WorkKind::Decode },
+                kind: if *done == 0 {
+                    WorkKind::Prefill
+                } else {
+                    WorkKind::Decode
+                },
                 tokens: toks[*done..].to_vec(),
                 start_pos: *done,
                 layers: lks.clone(),
@@ -70,13 +96,19 @@ fn tiny_logits_match_the_cpu_executor_resident_and_staged() {
                 want_logits: true,
             });
         }
-        let plan = StepPlan { copies: Vec::new(), items };
+        let plan = StepPlan {
+            copies: Vec::new(),
+            items,
+        };
         let a = cpu.execute(&plan).unwrap();
         let b = gpu.execute(&plan).unwrap();
         for ((sa, la), (sb, lb)) in a.logits.iter().zip(&b.logits) {
             assert_eq!(sa, sb);
             let err = rel(lb, la);
-            assert!(err < 2e-2, "step {step} {sa}: relative logits error {err:e}");
+            assert!(
+                err < 2e-2,
+                "step {step} {sa}: relative logits error {err:e}"
+            );
             eprintln!("step {step} {sa}: relative logits error {err:.2e}");
         }
         // Teacher forcing: both continue with the cpu's tokens.

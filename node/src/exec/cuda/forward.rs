@@ -47,7 +47,11 @@ pub(crate) struct Events {
 
 impl Events {
     pub(crate) fn new(layers: usize) -> Result<Events, ExecError> {
-        let v = || (0..layers).map(|_| Event::new(false)).collect::<Result<Vec<_>, _>>();
+        let v = || {
+            (0..layers)
+                .map(|_| Event::new(false))
+                .collect::<Result<Vec<_>, _>>()
+        };
         Ok(Events {
             input: v()?,
             attn: v()?,
@@ -266,10 +270,36 @@ impl Gpu {
         let mut staged_layers = vec![false; d.layers];
         for l in 0..d.layers {
             let lw = &w.layers[l];
-            k.rms_norm(c, ws.normed.ptr(), ws.x.ptr(), lw.attn_norm.ptr(), rows, h as i32, d.eps)?;
-            self.blas.linear(ws.qkv.ptr(), Out::F32, ws.normed.ptr(), lw.wqkv.ptr(), rows, sh.qkv_width(), h, false)?;
+            k.rms_norm(
+                c,
+                ws.normed.ptr(),
+                ws.x.ptr(),
+                lw.attn_norm.ptr(),
+                rows,
+                h as i32,
+                d.eps,
+            )?;
+            self.blas.linear(
+                ws.qkv.ptr(),
+                Out::F32,
+                ws.normed.ptr(),
+                lw.wqkv.ptr(),
+                rows,
+                sh.qkv_width(),
+                h,
+                false,
+            )?;
             let bias = lw.bqkv.as_ref().map_or(0, |b| b.ptr());
-            k.rope_qkv(c, ws.qkv.ptr(), bias, m(o_pos), self.cos.ptr(), self.sin.ptr(), ws.q.ptr(), rows)?;
+            k.rope_qkv(
+                c,
+                ws.qkv.ptr(),
+                bias,
+                m(o_pos),
+                self.cos.ptr(),
+                self.sin.ptr(),
+                ws.q.ptr(),
+                rows,
+            )?;
 
             let staged = slots[l].iter().any(Option::is_some);
             staged_layers[l] = staged;
@@ -278,7 +308,12 @@ impl Gpu {
                 for (item, slot) in items.iter().zip(&slots[l]) {
                     if let Some(s0) = slot {
                         let n_in = item.start_pos.div_ceil(bt);
-                        ins.extend(self.kv.staging_runs(l, *s0, &item.layers[l].blocks[..n_in], false));
+                        ins.extend(self.kv.staging_runs(
+                            l,
+                            *s0,
+                            &item.layers[l].blocks[..n_in],
+                            false,
+                        ));
                     }
                 }
                 if l >= 2 && staged_layers[l - 2] {
@@ -293,13 +328,56 @@ impl Gpu {
             }
             let table_l = m(o_table) + (l * per_layer * 4) as u64;
             let staging = self.kv.staging[l % 2].ptr();
-            k.kv_write(c, ws.qkv.ptr(), m(o_row_item), m(o_items), table_l, self.kv.pool.ptr(), staging, rows)?;
+            k.kv_write(
+                c,
+                ws.qkv.ptr(),
+                m(o_row_item),
+                m(o_items),
+                table_l,
+                self.kv.pool.ptr(),
+                staging,
+                rows,
+            )?;
             if !tiles.is_empty() {
-                k.attn_prefill(c, ws.att.ptr(), ws.q.ptr(), m(o_tiles), tiles.len(), m(o_items), table_l, self.kv.pool.ptr(), staging, scale_log2)?;
+                k.attn_prefill(
+                    c,
+                    ws.att.ptr(),
+                    ws.q.ptr(),
+                    m(o_tiles),
+                    tiles.len(),
+                    m(o_items),
+                    table_l,
+                    self.kv.pool.ptr(),
+                    staging,
+                    scale_log2,
+                )?;
             }
             if !decode_ids.is_empty() {
-                k.attn_decode(c, ws.part_o.ptr(), ws.part_ml.ptr(), ws.q.ptr(), m(o_decode), decode_ids.len(), m(o_items), table_l, self.kv.pool.ptr(), staging, part_keys as i32, parts as i32, scale_log2)?;
-                k.attn_decode_reduce(c, ws.att.ptr(), ws.part_o.ptr(), ws.part_ml.ptr(), m(o_decode), decode_ids.len(), m(o_items), parts as i32)?;
+                k.attn_decode(
+                    c,
+                    ws.part_o.ptr(),
+                    ws.part_ml.ptr(),
+                    ws.q.ptr(),
+                    m(o_decode),
+                    decode_ids.len(),
+                    m(o_items),
+                    table_l,
+                    self.kv.pool.ptr(),
+                    staging,
+                    part_keys as i32,
+                    parts as i32,
+                    scale_log2,
+                )?;
+                k.attn_decode_reduce(
+                    c,
+                    ws.att.ptr(),
+                    ws.part_o.ptr(),
+                    ws.part_ml.ptr(),
+                    m(o_decode),
+                    decode_ids.len(),
+                    m(o_items),
+                    parts as i32,
+                )?;
             }
             if staged {
                 self.ev.attn[l].record(c)?;
@@ -315,19 +393,80 @@ impl Gpu {
                 out.transfer_bytes += self.kv.issue(&self.offload, &outs)?;
                 self.ev.out[l].record(&self.offload)?;
             }
-            self.blas.linear(ws.x.ptr(), Out::F32, ws.att.ptr(), lw.wo.ptr(), rows, h, sh.q_dim(), true)?;
-            k.rms_norm(c, ws.normed.ptr(), ws.x.ptr(), lw.mlp_norm.ptr(), rows, h as i32, d.eps)?;
-            self.blas.linear(ws.gu.ptr(), Out::Bf16, ws.normed.ptr(), lw.w_gate_up.ptr(), rows, 2 * ff, h, false)?;
+            self.blas.linear(
+                ws.x.ptr(),
+                Out::F32,
+                ws.att.ptr(),
+                lw.wo.ptr(),
+                rows,
+                h,
+                sh.q_dim(),
+                true,
+            )?;
+            k.rms_norm(
+                c,
+                ws.normed.ptr(),
+                ws.x.ptr(),
+                lw.mlp_norm.ptr(),
+                rows,
+                h as i32,
+                d.eps,
+            )?;
+            self.blas.linear(
+                ws.gu.ptr(),
+                Out::Bf16,
+                ws.normed.ptr(),
+                lw.w_gate_up.ptr(),
+                rows,
+                2 * ff,
+                h,
+                false,
+            )?;
             k.silu_mul(c, ws.act.ptr(), ws.gu.ptr(), ff as i32, rows)?;
-            self.blas.linear(ws.x.ptr(), Out::F32, ws.act.ptr(), lw.w_down.ptr(), rows, h, ff, true)?;
+            self.blas.linear(
+                ws.x.ptr(),
+                Out::F32,
+                ws.act.ptr(),
+                lw.w_down.ptr(),
+                rows,
+                h,
+                ff,
+                true,
+            )?;
         }
         let n = items.len();
         k.gather_rows(c, ws.last.ptr(), ws.x.ptr(), m(o_last), n, h as i32)?;
-        k.rms_norm(c, ws.last_normed.ptr(), ws.last.ptr(), w.final_norm.ptr(), n, h as i32, d.eps)?;
-        self.blas.linear(ws.logits.ptr(), Out::F32, ws.last_normed.ptr(), w.lm_head(), n, d.vocab, h, false)?;
+        k.rms_norm(
+            c,
+            ws.last_normed.ptr(),
+            ws.last.ptr(),
+            w.final_norm.ptr(),
+            n,
+            h as i32,
+            d.eps,
+        )?;
+        self.blas.linear(
+            ws.logits.ptr(),
+            Out::F32,
+            ws.last_normed.ptr(),
+            w.lm_head(),
+            n,
+            d.vocab,
+            h,
+            false,
+        )?;
         k.argmax_rows(c, ws.tokens.ptr(), ws.logits.ptr(), n, d.vocab as i32)?;
         if !sampled.is_empty() {
-            k.sample_top_p(c, ws.sampled.ptr(), ws.logits.ptr(), n, d.vocab as i32, m(o_temps), m(o_top_ps), m(o_us))?;
+            k.sample_top_p(
+                c,
+                ws.sampled.ptr(),
+                ws.logits.ptr(),
+                n,
+                d.vocab as i32,
+                m(o_temps),
+                m(o_top_ps),
+                m(o_us),
+            )?;
         }
         self.ev.tail_off.record(&self.offload)?;
         self.ev.tail_rel.record(&self.reload)?;
@@ -345,10 +484,15 @@ impl Gpu {
             ws.logits.download(&mut logits, "logits")?;
         }
         for (i, item) in items.iter().enumerate() {
-            let t = if item.sampling.temperature > 0.0 { drawn[i] } else { greedy[i] };
+            let t = if item.sampling.temperature > 0.0 {
+                drawn[i]
+            } else {
+                greedy[i]
+            };
             out.tokens.push((item.seq, t));
             if item.want_logits {
-                out.logits.push((item.seq, logits[i * d.vocab..(i + 1) * d.vocab].to_vec()));
+                out.logits
+                    .push((item.seq, logits[i * d.vocab..(i + 1) * d.vocab].to_vec()));
             }
         }
         Ok(out)

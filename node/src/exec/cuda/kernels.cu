@@ -472,17 +472,6 @@ extern "C" __global__ void attn_decode_reduce(bf16* att, const float* part_o, co
 }
 
 // ---------------------------------------------------------------------------------------------
-// Block copies inside device-addressable memory (GPU pool, staging, mapped pinned host): a list
-// of (src, dst) addresses of whole blocks, 16 bytes per thread. Grid: (pairs, chunks).
-extern "C" __global__ void copy_blocks(const u64* pairs, u64 block_bytes) {
-    const uint4* src = (const uint4*)pairs[2 * blockIdx.x];
-    uint4* dst = (uint4*)pairs[2 * blockIdx.x + 1];
-    u64 n = block_bytes / 16;
-    for (u64 i = blockIdx.y * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.y * blockDim.x)
-        dst[i] = src[i];
-}
-
-// ---------------------------------------------------------------------------------------------
 // Sampling
 
 // Greedy: the index of the largest logit per row; ties go to the lowest index, NaN never wins,

@@ -23,12 +23,12 @@ impl Shape {
     /// Refuses shapes the kernels do not cover, saying why.
     pub(crate) fn check(&self) -> Result<(), String> {
         let d = self.head_dim;
-        if !(d % 16 == 0 && (16..=128).contains(&d) && (d / 8).is_power_of_two()) {
+        if !(d.is_multiple_of(16) && (16..=128).contains(&d) && (d / 8).is_power_of_two()) {
             return Err(format!(
                 "head_dim {d}: the cuda kernels take 16, 32, 64 or 128"
             ));
         }
-        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return Err(format!(
                 "{} heads do not share {} kv heads evenly",
                 self.heads, self.kv_heads
@@ -83,7 +83,6 @@ pub(crate) struct Kernels {
     attn_prefill: sys::CUfunction,
     attn_decode: sys::CUfunction,
     attn_decode_reduce: sys::CUfunction,
-    copy_blocks: sys::CUfunction,
     argmax_rows: sys::CUfunction,
     sample_top_p: sys::CUfunction,
     pub(crate) shape: Shape,
@@ -114,12 +113,16 @@ fn compile(arch: (i32, i32), shape: &Shape) -> Result<Vec<u8>, ExecError> {
         format!("-DBLOCK_TOKENS={}", shape.block_tokens),
     ];
     // SAFETY: `prog` is live until destroyed below; buffers are sized by NVRTC's own answers.
-    let out = unsafe {
+    unsafe {
         let compiled = nvrtc::compile_program(prog, &opts);
         let res = match compiled {
             Err(e) => {
                 let log = nvrtc::get_program_log(prog).unwrap_or_default();
-                let log: Vec<u8> = log.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+                let log: Vec<u8> = log
+                    .iter()
+                    .map(|&c| c as u8)
+                    .take_while(|&c| c != 0)
+                    .collect();
                 Err(ExecError::Device(format!(
                     "compiling the kernels for sm_{}{}: {e}\n{}",
                     arch.0,
@@ -143,19 +146,16 @@ fn compile(arch: (i32, i32), shape: &Shape) -> Result<Vec<u8>, ExecError> {
         };
         let _ = nvrtc::destroy_program(prog);
         res
-    };
-    out
+    }
 }
 
 impl Kernels {
     /// Compiles and loads the kernels for the current context's device.
     pub(crate) fn load(arch: (i32, i32), shape: Shape) -> Result<Kernels, ExecError> {
-        shape
-            .check()
-            .map_err(|reason| ExecError::Config {
-                executor: "cuda",
-                reason,
-            })?;
+        shape.check().map_err(|reason| ExecError::Config {
+            executor: "cuda",
+            reason,
+        })?;
         let cubin = compile(arch, &shape)?;
         // SAFETY: a complete cubin image from NVRTC.
         let module = unsafe { result::module::load_data(cubin.as_ptr() as *const c_void) }
@@ -177,7 +177,6 @@ impl Kernels {
             attn_prefill: f("attn_prefill")?,
             attn_decode: f("attn_decode")?,
             attn_decode_reduce: f("attn_decode_reduce")?,
-            copy_blocks: f("copy_blocks")?,
             argmax_rows: f("argmax_rows")?,
             sample_top_p: f("sample_top_p")?,
             module,
@@ -222,64 +221,266 @@ fn grid_for(n: u64, block: u32) -> u32 {
 /// Typed launches. Pointers are device addresses (`u64`).
 #[allow(clippy::too_many_arguments)] // each mirrors its kernel's parameter list
 impl Kernels {
-    pub(crate) fn fill_uniform(&self, s: &Stream, out: u64, n: u64, seed: u64, scale: f32) -> Result<(), ExecError> {
-        launch(self.fill_uniform, "fill_uniform", (grid_for(n, 256), 1, 1), 256, s, args!(out, n, seed, scale))
+    pub(crate) fn fill_uniform(
+        &self,
+        s: &Stream,
+        out: u64,
+        n: u64,
+        seed: u64,
+        scale: f32,
+    ) -> Result<(), ExecError> {
+        launch(
+            self.fill_uniform,
+            "fill_uniform",
+            (grid_for(n, 256), 1, 1),
+            256,
+            s,
+            args!(out, n, seed, scale),
+        )
     }
 
     pub(crate) fn fill_value(&self, s: &Stream, out: u64, n: u64, v: f32) -> Result<(), ExecError> {
-        launch(self.fill_value, "fill_value", (grid_for(n, 256), 1, 1), 256, s, args!(out, n, v))
+        launch(
+            self.fill_value,
+            "fill_value",
+            (grid_for(n, 256), 1, 1),
+            256,
+            s,
+            args!(out, n, v),
+        )
     }
 
-    pub(crate) fn embed_gather(&self, s: &Stream, out: u64, embed: u64, tokens: u64, rows: usize, hidden: i32) -> Result<(), ExecError> {
-        launch(self.embed_gather, "embed_gather", (rows as u32, 1, 1), 256, s, args!(out, embed, tokens, hidden))
+    pub(crate) fn embed_gather(
+        &self,
+        s: &Stream,
+        out: u64,
+        embed: u64,
+        tokens: u64,
+        rows: usize,
+        hidden: i32,
+    ) -> Result<(), ExecError> {
+        launch(
+            self.embed_gather,
+            "embed_gather",
+            (rows as u32, 1, 1),
+            256,
+            s,
+            args!(out, embed, tokens, hidden),
+        )
     }
 
-    pub(crate) fn gather_rows(&self, s: &Stream, out: u64, x: u64, rows_idx: u64, n: usize, hidden: i32) -> Result<(), ExecError> {
-        launch(self.gather_rows, "gather_rows", (n as u32, 1, 1), 256, s, args!(out, x, rows_idx, hidden))
+    pub(crate) fn gather_rows(
+        &self,
+        s: &Stream,
+        out: u64,
+        x: u64,
+        rows_idx: u64,
+        n: usize,
+        hidden: i32,
+    ) -> Result<(), ExecError> {
+        launch(
+            self.gather_rows,
+            "gather_rows",
+            (n as u32, 1, 1),
+            256,
+            s,
+            args!(out, x, rows_idx, hidden),
+        )
     }
 
-    pub(crate) fn rms_norm(&self, s: &Stream, out: u64, x: u64, w: u64, rows: usize, hidden: i32, eps: f32) -> Result<(), ExecError> {
-        launch(self.rms_norm, "rms_norm", (rows as u32, 1, 1), 512, s, args!(out, x, w, hidden, eps))
+    pub(crate) fn rms_norm(
+        &self,
+        s: &Stream,
+        out: u64,
+        x: u64,
+        w: u64,
+        rows: usize,
+        hidden: i32,
+        eps: f32,
+    ) -> Result<(), ExecError> {
+        launch(
+            self.rms_norm,
+            "rms_norm",
+            (rows as u32, 1, 1),
+            512,
+            s,
+            args!(out, x, w, hidden, eps),
+        )
     }
 
-    pub(crate) fn rope_qkv(&self, s: &Stream, qkv: u64, bias: u64, positions: u64, cos: u64, sin: u64, q: u64, rows: usize) -> Result<(), ExecError> {
-        launch(self.rope_qkv, "rope_qkv", (rows as u32, 1, 1), 256, s, args!(qkv, bias, positions, cos, sin, q))
+    pub(crate) fn rope_qkv(
+        &self,
+        s: &Stream,
+        qkv: u64,
+        bias: u64,
+        positions: u64,
+        cos: u64,
+        sin: u64,
+        q: u64,
+        rows: usize,
+    ) -> Result<(), ExecError> {
+        launch(
+            self.rope_qkv,
+            "rope_qkv",
+            (rows as u32, 1, 1),
+            256,
+            s,
+            args!(qkv, bias, positions, cos, sin, q),
+        )
     }
 
-    pub(crate) fn kv_write(&self, s: &Stream, qkv: u64, row_item: u64, items: u64, table: u64, pool: u64, staging: u64, rows: usize) -> Result<(), ExecError> {
-        launch(self.kv_write, "kv_write", (rows as u32, 1, 1), 256, s, args!(qkv, row_item, items, table, pool, staging))
+    pub(crate) fn kv_write(
+        &self,
+        s: &Stream,
+        qkv: u64,
+        row_item: u64,
+        items: u64,
+        table: u64,
+        pool: u64,
+        staging: u64,
+        rows: usize,
+    ) -> Result<(), ExecError> {
+        launch(
+            self.kv_write,
+            "kv_write",
+            (rows as u32, 1, 1),
+            256,
+            s,
+            args!(qkv, row_item, items, table, pool, staging),
+        )
     }
 
-    pub(crate) fn silu_mul(&self, s: &Stream, act: u64, gu: u64, ff: i32, rows: usize) -> Result<(), ExecError> {
+    pub(crate) fn silu_mul(
+        &self,
+        s: &Stream,
+        act: u64,
+        gu: u64,
+        ff: i32,
+        rows: usize,
+    ) -> Result<(), ExecError> {
         let n = rows as u64 * ff as u64;
-        launch(self.silu_mul, "silu_mul", (grid_for(n, 256), 1, 1), 256, s, args!(act, gu, ff, n))
+        launch(
+            self.silu_mul,
+            "silu_mul",
+            (grid_for(n, 256), 1, 1),
+            256,
+            s,
+            args!(act, gu, ff, n),
+        )
     }
 
-    pub(crate) fn attn_prefill(&self, s: &Stream, att: u64, q: u64, tiles: u64, n_tiles: usize, items: u64, table: u64, pool: u64, staging: u64, scale_log2: f32) -> Result<(), ExecError> {
+    pub(crate) fn attn_prefill(
+        &self,
+        s: &Stream,
+        att: u64,
+        q: u64,
+        tiles: u64,
+        n_tiles: usize,
+        items: u64,
+        table: u64,
+        pool: u64,
+        staging: u64,
+        scale_log2: f32,
+    ) -> Result<(), ExecError> {
         let grid = (n_tiles as u32, self.shape.heads as u32, 1);
-        launch(self.attn_prefill, "attn_prefill", grid, 128, s, args!(att, q, tiles, items, table, pool, staging, scale_log2))
+        launch(
+            self.attn_prefill,
+            "attn_prefill",
+            grid,
+            128,
+            s,
+            args!(att, q, tiles, items, table, pool, staging, scale_log2),
+        )
     }
 
-    pub(crate) fn attn_decode(&self, s: &Stream, part_o: u64, part_ml: u64, q: u64, item_ids: u64, n_items: usize, items: u64, table: u64, pool: u64, staging: u64, part_keys: i32, parts: i32, scale_log2: f32) -> Result<(), ExecError> {
+    pub(crate) fn attn_decode(
+        &self,
+        s: &Stream,
+        part_o: u64,
+        part_ml: u64,
+        q: u64,
+        item_ids: u64,
+        n_items: usize,
+        items: u64,
+        table: u64,
+        pool: u64,
+        staging: u64,
+        part_keys: i32,
+        parts: i32,
+        scale_log2: f32,
+    ) -> Result<(), ExecError> {
         let grid = (parts as u32, self.shape.kv_heads as u32, n_items as u32);
-        launch(self.attn_decode, "attn_decode", grid, 128, s, args!(part_o, part_ml, q, item_ids, items, table, pool, staging, part_keys, parts, scale_log2))
+        launch(
+            self.attn_decode,
+            "attn_decode",
+            grid,
+            128,
+            s,
+            args!(
+                part_o, part_ml, q, item_ids, items, table, pool, staging, part_keys, parts,
+                scale_log2
+            ),
+        )
     }
 
-    pub(crate) fn attn_decode_reduce(&self, s: &Stream, att: u64, part_o: u64, part_ml: u64, item_ids: u64, n_items: usize, items: u64, parts: i32) -> Result<(), ExecError> {
+    pub(crate) fn attn_decode_reduce(
+        &self,
+        s: &Stream,
+        att: u64,
+        part_o: u64,
+        part_ml: u64,
+        item_ids: u64,
+        n_items: usize,
+        items: u64,
+        parts: i32,
+    ) -> Result<(), ExecError> {
         let grid = (n_items as u32, self.shape.heads as u32, 1);
-        launch(self.attn_decode_reduce, "attn_decode_reduce", grid, self.shape.head_dim as u32, s, args!(att, part_o, part_ml, item_ids, items, parts))
+        launch(
+            self.attn_decode_reduce,
+            "attn_decode_reduce",
+            grid,
+            self.shape.head_dim as u32,
+            s,
+            args!(att, part_o, part_ml, item_ids, items, parts),
+        )
     }
 
-    pub(crate) fn copy_blocks(&self, s: &Stream, pairs: u64, n_pairs: usize, block_bytes: u64) -> Result<(), ExecError> {
-        let chunks = block_bytes.div_ceil(16 * 256).clamp(1, 8) as u32;
-        launch(self.copy_blocks, "copy_blocks", (n_pairs as u32, chunks, 1), 256, s, args!(pairs, block_bytes))
+    pub(crate) fn argmax_rows(
+        &self,
+        s: &Stream,
+        out: u64,
+        logits: u64,
+        rows: usize,
+        vocab: i32,
+    ) -> Result<(), ExecError> {
+        launch(
+            self.argmax_rows,
+            "argmax_rows",
+            (rows as u32, 1, 1),
+            1024,
+            s,
+            args!(out, logits, vocab),
+        )
     }
 
-    pub(crate) fn argmax_rows(&self, s: &Stream, out: u64, logits: u64, rows: usize, vocab: i32) -> Result<(), ExecError> {
-        launch(self.argmax_rows, "argmax_rows", (rows as u32, 1, 1), 1024, s, args!(out, logits, vocab))
-    }
-
-    pub(crate) fn sample_top_p(&self, s: &Stream, out: u64, logits: u64, rows: usize, vocab: i32, temps: u64, top_ps: u64, us: u64) -> Result<(), ExecError> {
-        launch(self.sample_top_p, "sample_top_p", (rows as u32, 1, 1), 1024, s, args!(out, logits, vocab, temps, top_ps, us))
+    pub(crate) fn sample_top_p(
+        &self,
+        s: &Stream,
+        out: u64,
+        logits: u64,
+        rows: usize,
+        vocab: i32,
+        temps: u64,
+        top_ps: u64,
+        us: u64,
+    ) -> Result<(), ExecError> {
+        launch(
+            self.sample_top_p,
+            "sample_top_p",
+            (rows as u32, 1, 1),
+            1024,
+            s,
+            args!(out, logits, vocab, temps, top_ps, us),
+        )
     }
 }
