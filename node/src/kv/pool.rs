@@ -5,7 +5,8 @@
 //! hits, evictable in LRU order).
 
 use super::prefix::CacheKey;
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SlotState {
@@ -37,7 +38,9 @@ pub(crate) enum Released {
 #[derive(Debug, Clone)]
 pub(crate) struct Pool {
     pub(crate) slots: Vec<Slot>,
-    pub(crate) free: Vec<u32>,
+    /// Free indices, lowest first: a layer's new blocks come out as consecutive runs where the
+    /// pool allows, and an executor moves a run in one transfer.
+    pub(crate) free: BinaryHeap<Reverse<u32>>,
     /// stamp → index, oldest first.
     pub(crate) lru: BTreeMap<u64, u32>,
 }
@@ -53,8 +56,7 @@ impl Pool {
                 };
                 capacity
             ],
-            // Pop from the end: hand out low indices first.
-            free: (0..capacity as u32).rev().collect(),
+            free: (0..capacity as u32).map(Reverse).collect(),
             lru: BTreeMap::new(),
         }
     }
@@ -73,7 +75,7 @@ impl Pool {
 
     /// Takes a free block as owned by one reference.
     pub(crate) fn take_free(&mut self) -> Option<u32> {
-        let i = self.free.pop()?;
+        let Reverse(i) = self.free.pop()?;
         let slot = &mut self.slots[i as usize];
         debug_assert_eq!(slot.state, SlotState::Free);
         slot.state = SlotState::Owned { refs: 1 };
@@ -118,7 +120,7 @@ impl Pool {
             Released::Cached
         } else {
             slot.state = SlotState::Free;
-            self.free.push(i);
+            self.free.push(Reverse(i));
             Released::Freed
         }
     }
@@ -129,7 +131,7 @@ impl Pool {
         debug_assert_eq!(slot.state, SlotState::Cached);
         self.lru.remove(&slot.stamp);
         slot.state = SlotState::Free;
-        self.free.push(i);
+        self.free.push(Reverse(i));
         slot.key.take()
     }
 

@@ -128,7 +128,7 @@ impl BlockManager {
                     ),
                 });
             }
-            let mut listed = pool.free.clone();
+            let mut listed: Vec<u32> = pool.free.iter().map(|r| r.0).collect();
             listed.sort_unstable();
             listed.dedup();
             if listed.len() != pool.free.len() || listed.len() != free {
