@@ -1,6 +1,8 @@
 //! Benchmarks.
 //!
 //! - [`engine`] — the node engine in-process: baseline vs layer-wise on one workload.
+//! - [`gpu`] — the cuda executor on one GPU: prefill MFU, decode bandwidth, tier copies,
+//!   prefills with offloaded layers, against the device's measured peaks.
 //! - [`http`] — open-loop streaming load on an OpenAI-compatible HTTP endpoint.
 //! - [`workload`] — Poisson arrivals with uniform prompt and output lengths.
 //! - [`stats`] — percentiles, per-mode reports, the JSON document.
@@ -8,6 +10,7 @@
 //! - [`transport`] — QUIC vs TCP bulk throughput between two processes.
 
 mod engine;
+mod gpu;
 mod http;
 mod raft;
 mod stats;
@@ -26,6 +29,13 @@ pub enum BenchCommand {
     /// modelled on `sim`), and idle gaps are skipped, so the run takes about as long as the
     /// compute it does.
     Engine(engine::EngineArgs),
+    /// Measure the cuda executor on GPU 0 against the device's own measured peaks.
+    ///
+    /// With random bf16 weights of the model's shape: prefill time and model FLOP utilization,
+    /// decode step time and memory bandwidth, GPU↔host block copies (consecutive and shuffled),
+    /// and prefills with offloaded layers. Needs the `cuda` feature (on by default) and a GPU;
+    /// docs/benchmarks/gpu.md gives every formula.
+    Gpu(gpu::GpuArgs),
     /// Send open-loop Poisson load of streaming completions to an OpenAI-compatible endpoint
     /// (a Strata router, or any other server) and report TTFT, TPOT, end-to-end latency,
     /// throughput, SLO attainment, goodput, 429s, and how the router spread the requests.
@@ -46,6 +56,7 @@ pub enum BenchCommand {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Engine(args) => engine::run(args),
+        BenchCommand::Gpu(args) => gpu::run(args),
         BenchCommand::Http(args) => http::run(args),
         BenchCommand::Raft(args) => raft::run(args),
         BenchCommand::Transport(args) => transport::run(args),
