@@ -14,7 +14,7 @@
 
 use super::driver::{DeviceBuf, Event, PinnedBuf, Stream, dev};
 use super::gemm::{Blas, Out};
-use super::kernels::{ItemMeta, Kernels, PREFILL_ROWS, STAGED};
+use super::kernels::{GEMV_ROWS, ItemMeta, Kernels, PREFILL_ROWS, STAGED};
 use super::kv::KvMemory;
 use super::weights::DeviceWeights;
 use super::workspace::Workspace;
@@ -113,6 +113,37 @@ fn partition_keys(total_keys: usize, kv_heads: usize) -> usize {
 }
 
 impl Gpu {
+    /// `y (+)= x · wᵀ` (see [`Blas::linear`]): a bandwidth-bound GEMV kernel for a few rows
+    /// (decode reads every weight once per step), cuBLAS otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &self,
+        y: u64,
+        out: Out,
+        x: u64,
+        w: u64,
+        rows: usize,
+        m: usize,
+        k: usize,
+        accumulate: bool,
+    ) -> Result<(), ExecError> {
+        if rows <= GEMV_ROWS && k.is_multiple_of(8) {
+            self.k.gemv_bf16(
+                &self.compute,
+                y,
+                x,
+                w,
+                rows,
+                m,
+                k,
+                out == Out::Bf16,
+                accumulate,
+            )
+        } else {
+            self.blas.linear(y, out, x, w, rows, m, k, accumulate)
+        }
+    }
+
     /// Runs the plan's copies across the two copy streams in list order, and orders compute
     /// and staging after them. Returns the bytes that crossed host ↔ device.
     fn run_copies(&mut self, plan: &StepPlan) -> Result<u64, ExecError> {
@@ -279,7 +310,7 @@ impl Gpu {
                 h as i32,
                 d.eps,
             )?;
-            self.blas.linear(
+            self.linear(
                 ws.qkv.ptr(),
                 Out::F32,
                 ws.normed.ptr(),
@@ -393,7 +424,7 @@ impl Gpu {
                 out.transfer_bytes += self.kv.issue(&self.offload, &outs)?;
                 self.ev.out[l].record(&self.offload)?;
             }
-            self.blas.linear(
+            self.linear(
                 ws.x.ptr(),
                 Out::F32,
                 ws.att.ptr(),
@@ -412,7 +443,7 @@ impl Gpu {
                 h as i32,
                 d.eps,
             )?;
-            self.blas.linear(
+            self.linear(
                 ws.gu.ptr(),
                 Out::Bf16,
                 ws.normed.ptr(),
@@ -423,7 +454,7 @@ impl Gpu {
                 false,
             )?;
             k.silu_mul(c, ws.act.ptr(), ws.gu.ptr(), ff as i32, rows)?;
-            self.blas.linear(
+            self.linear(
                 ws.x.ptr(),
                 Out::F32,
                 ws.act.ptr(),
@@ -445,7 +476,7 @@ impl Gpu {
             h as i32,
             d.eps,
         )?;
-        self.blas.linear(
+        self.linear(
             ws.logits.ptr(),
             Out::F32,
             ws.last_normed.ptr(),

@@ -174,6 +174,55 @@ extern "C" __global__ void silu_mul(bf16* act, const bf16* gu, int ff, u64 n) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Matrix-vector products for steps of at most GEMV_ROWS rows (decode): y[r, j] (+)= x[r]·w[j],
+// w bf16 [m, k] row-major, x bf16 [rows, k], k a multiple of 8. One warp per output; every lane
+// streams 16-byte chunks of the weight row (read once: the step is bound by these bytes).
+// Grid: ceil(m / 8) CTAs of 256 threads.
+
+#define GEMV_ROWS 4
+
+extern "C" __global__ void __launch_bounds__(256) gemv_bf16(void* y, const bf16* x, const bf16* w, int rows,
+                                                           int m, int k, int out_bf16, int accumulate) {
+    int j = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (j >= m) return; // whole warps leave together
+    const uint4* wr = (const uint4*)(w + (u64)j * k);
+    int n = k / 8;
+    float acc[GEMV_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) acc[r] = 0.0f;
+#pragma unroll 4
+    for (int i = lane; i < n; i += 32) {
+        uint4 wv;
+        asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(wv.x), "=r"(wv.y), "=r"(wv.z), "=r"(wv.w)
+                     : "l"(wr + i));
+        const bf16* wh = (const bf16*)&wv;
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++) {
+            if (r < rows) {
+                uint4 xv = ((const uint4*)(x + (u64)r * k))[i];
+                const bf16* xh = (const bf16*)&xv;
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[r] += bf2f(wh[e]) * bf2f(xh[e]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) {
+        float v = warp_sum(acc[r]);
+        if (lane == 0 && r < rows) {
+            u64 at = (u64)r * m + j;
+            if (out_bf16) {
+                ((bf16*)y)[at] = f2bf(v);
+            } else {
+                float* yf = (float*)y;
+                yf[at] = accumulate ? yf[at] + v : v;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Prefill attention: causal, GQA, paged over the layer's block table, tiled with an online
 // softmax, tensor cores (mma.sync m16n8k16 bf16). A CTA of 4 warps takes 64 query rows of one
 // item and one head; each warp 16 rows. Grid: (tiles, HEADS); `tiles` lists (item, first row).

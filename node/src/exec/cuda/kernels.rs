@@ -66,6 +66,8 @@ pub(crate) struct ItemMeta {
 
 /// Table entries with this bit set name a staging slot; without it, a GPU-pool block.
 pub(crate) const STAGED: u32 = 0x8000_0000;
+/// Steps of at most this many rows multiply by the weights with `gemv_bf16` (as in the source).
+pub(crate) const GEMV_ROWS: usize = 4;
 /// Query rows per prefill-attention CTA.
 pub(crate) const PREFILL_ROWS: usize = 64;
 
@@ -81,6 +83,7 @@ pub(crate) struct Kernels {
     kv_write: sys::CUfunction,
     silu_mul: sys::CUfunction,
     attn_prefill: sys::CUfunction,
+    gemv_bf16: sys::CUfunction,
     attn_decode: sys::CUfunction,
     attn_decode_reduce: sys::CUfunction,
     argmax_rows: sys::CUfunction,
@@ -175,6 +178,7 @@ impl Kernels {
             kv_write: f("kv_write")?,
             silu_mul: f("silu_mul")?,
             attn_prefill: f("attn_prefill")?,
+            gemv_bf16: f("gemv_bf16")?,
             attn_decode: f("attn_decode")?,
             attn_decode_reduce: f("attn_decode_reduce")?,
             argmax_rows: f("argmax_rows")?,
@@ -442,6 +446,32 @@ impl Kernels {
             self.shape.head_dim as u32,
             s,
             args!(att, part_o, part_ml, item_ids, items, parts),
+        )
+    }
+
+    /// `y (+)= x · wᵀ` for at most [`GEMV_ROWS`] rows; `k` a multiple of 8.
+    pub(crate) fn gemv_bf16(
+        &self,
+        s: &Stream,
+        y: u64,
+        x: u64,
+        w: u64,
+        rows: usize,
+        m: usize,
+        k: usize,
+        out_bf16: bool,
+        accumulate: bool,
+    ) -> Result<(), ExecError> {
+        debug_assert!(rows <= GEMV_ROWS && k.is_multiple_of(8));
+        let (rows, m_, k_) = (rows as i32, m as i32, k as i32);
+        let (ob, acc) = (out_bf16 as i32, accumulate as i32);
+        launch(
+            self.gemv_bf16,
+            "gemv_bf16",
+            (m.div_ceil(8) as u32, 1, 1),
+            256,
+            s,
+            args!(y, x, w, rows, m_, k_, ob, acc),
         )
     }
 
