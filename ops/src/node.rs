@@ -16,13 +16,21 @@ CONFIG (TOML; every key is optional, the defaults are shown):
   listen = \"127.0.0.1:7001\"    # UDP address of the QUIC endpoint; port 0 picks a free one
   model = \"tiny\"               # a preset (tiny, llama-3-8b, llama-3-70b) or an HF checkpoint dir
   # model_name = \"tiny\"        # the name routers use (default: preset or directory name)
-  executor = \"cpu\"             # cpu: real math with the model's weights
+  executor = \"cpu\"             # cpu: real f32 math with the model's weights
+                               # cuda: bf16 math on the first NVIDIA GPU (CUDA_VISIBLE_DEVICES
+                               #   picks it; CUDA 13 libraries are loaded at start). Weights:
+                               #   the model's own up to 2e9 layer parameters and for any HF
+                               #   directory (slow when large), random on the GPU for larger
+                               #   presets. Needs a strata built with the `cuda` feature (on
+                               #   by default; --no-default-features removes it)
                                # sim: step times from a cost model, in real time, no weights
   # gpu_mib = 1024             # GPU-tier budget (default: 1024 on cpu; on sim an H200's
-                               #   90% of 140 GiB less the weights)
-  # host_mib = 2048            # host-tier budget (default: 2048 on cpu, 262144 on sim)
+                               #   90% of 140 GiB less the weights; on cuda 90% of the GPU's
+                               #   free memory less the weights and step workspace)
+  # host_mib = 2048            # host-tier budget (default: 2048 on cpu, 262144 on sim,
+                               #   32768 of pinned memory on cuda)
   block_tokens = 16            # tokens per KV block
-  # profile = \"cost.toml\"      # cost profile (default: calibrated at start on cpu,
+  # profile = \"cost.toml\"      # cost profile (default: calibrated at start on cpu and cuda,
                                #   the analytic H200 roofline on sim)
   load_report_ms = 100         # load report interval to subscribed routers
   seed = 0                     # random weights of presets, sim tokens

@@ -6,7 +6,7 @@
 //! id = "node-1"
 //! listen = "127.0.0.1:7001"
 //! model = "tiny"              # a preset (tiny, llama-3-8b, llama-3-70b) or an HF directory
-//! executor = "cpu"            # cpu | sim
+//! executor = "cpu"            # cpu | cuda | sim
 //!
 //! # Registration with the control plane: the routers' control (QUIC) addresses, tried in
 //! # turn until one accepts; none (the default): do not register.
@@ -34,14 +34,32 @@ pub enum ExecutorKind {
     Cpu,
     /// No math: step times from the cost profile, in real time; no weights are allocated.
     Sim,
+    /// bf16 math on the first NVIDIA GPU (CUDA 13 libraries loaded at run time; needs a
+    /// strata built with the `cuda` feature, which `cargo build --release` enables).
+    Cuda,
 }
 
 impl ExecutorKind {
+    pub const ALL: [ExecutorKind; 3] = [ExecutorKind::Cpu, ExecutorKind::Cuda, ExecutorKind::Sim];
+
     pub fn name(self) -> &'static str {
         match self {
             ExecutorKind::Cpu => "cpu",
             ExecutorKind::Sim => "sim",
+            ExecutorKind::Cuda => "cuda",
         }
+    }
+}
+
+impl std::str::FromStr for ExecutorKind {
+    type Err = String;
+
+    /// `cpu`, `cuda` or `sim` (as on a command line).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ExecutorKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("{s:?} is not an executor: use cpu, cuda or sim"))
     }
 }
 
@@ -149,14 +167,16 @@ pub struct NodeConfig {
     pub executor: ExecutorKind,
     pub tls: TlsConfig,
     /// GPU tier budget, MiB (staging included); `None`: 1024 on `cpu`, an H200's (90% of
-    /// 140 GiB less the weights) on `sim`.
+    /// 140 GiB less the weights) on `sim`, and on `cuda` 90% of the device's free memory at
+    /// start less what the executor reserves (weights, RoPE tables, step workspace).
     pub gpu_mib: Option<u64>,
-    /// Host tier budget, MiB; `None`: 2048 on `cpu`, 256 GiB on `sim`.
+    /// Host tier budget, MiB; `None`: 2048 on `cpu`, 256 GiB on `sim`, 32 GiB on `cuda`
+    /// (pinned host memory, allocated at start).
     pub host_mib: Option<u64>,
     /// Tokens per KV block.
     pub block_tokens: usize,
-    /// A cost profile (TOML). `None`: a quick calibration on `cpu`, the analytic H200
-    /// roofline on `sim`.
+    /// A cost profile (TOML). `None`: a quick calibration at start on `cpu` and `cuda`, the
+    /// analytic H200 roofline on `sim`.
     pub profile: Option<PathBuf>,
     pub scheduler: SchedSettings,
     /// Interval of load reports to subscribers, ms.

@@ -63,6 +63,28 @@ fn parses_every_section() {
 }
 
 #[test]
+fn every_executor_parses_by_name_and_round_trips() {
+    for (name, kind) in [
+        ("cpu", ExecutorKind::Cpu),
+        ("sim", ExecutorKind::Sim),
+        ("cuda", ExecutorKind::Cuda),
+    ] {
+        let cfg = parse(&format!("executor = {name:?}\ngpu_mib = 2048")).unwrap();
+        assert_eq!(cfg.executor, kind);
+        assert_eq!(kind.name(), name);
+        assert_eq!(cfg.validate(), Ok(()));
+        let text = toml::to_string(&cfg).unwrap();
+        assert!(text.contains(&format!("executor = {name:?}")), "{text}");
+        assert_eq!(parse(&text).unwrap(), cfg);
+        assert_eq!(name.parse::<ExecutorKind>(), Ok(kind));
+    }
+    assert!("gpu".parse::<ExecutorKind>().unwrap_err().contains("cuda"));
+    // The error names the accepted values.
+    let err = parse("executor = \"gpu\"").unwrap_err().to_string();
+    assert!(err.contains("cuda") && err.contains("sim"), "{err}");
+}
+
+#[test]
 fn typos_and_bad_values_are_parse_errors() {
     let err = parse("listn = \"127.0.0.1:1\"").unwrap_err();
     assert!(

@@ -3,6 +3,7 @@
 //! How it fits together:
 //! - [`setup`] builds the engine from a [`NodeConfig`] (model, executor, pools, cost profile):
 //!   [`prepare`] is blocking work; [`Prepared::serve`] binds the endpoint and starts serving.
+//! - [`gpu`] is the `cuda` executor's part of that: the GPU probe, default budgets, weights.
 //! - `engine_loop` runs the engine on its own OS thread, as an actor behind a bounded command
 //!   channel: it drains commands, steps while there is work and routes each request's events to
 //!   that request's bounded channel. It publishes load figures on a `watch` channel and prefix
@@ -23,6 +24,7 @@
 
 pub mod config;
 mod engine_loop;
+pub mod gpu;
 mod logprobs;
 pub mod register;
 mod report;
@@ -70,7 +72,7 @@ pub enum ServiceError {
         path: std::path::PathBuf,
         reason: String,
     },
-    /// Calibration of the cpu executor failed.
+    /// Calibration of the executor (cpu, cuda) failed.
     #[error(transparent)]
     Calibrate(#[from] crate::engine::calibrate::CalibrateError),
     /// The executor refused the model or pools.
@@ -81,9 +83,30 @@ pub enum ServiceError {
     Engine(#[from] crate::engine::EngineError),
     /// The model is too large for the cpu executor.
     #[error(
-        "{model} has {params} layer parameters, too many for the cpu executor; use executor = \"sim\""
+        "{model} has {params} layer parameters, too many for the cpu executor; use executor = \"cuda\" (or \"sim\" without a GPU)"
     )]
     TooLargeForCpu { model: String, params: usize },
+    /// `cuda` was chosen, and this strata was built without the `cuda` feature.
+    #[error(
+        "executor cuda: this strata was built without the `cuda` feature; build it with `cargo build --release` (the feature is on by default; `--no-default-features` removes it)"
+    )]
+    CudaNotBuilt,
+    /// `cuda` was chosen, and no GPU or CUDA library could be used.
+    #[error("executor cuda: no usable GPU: {0}")]
+    NoGpu(crate::exec::ExecError),
+    /// The executor's reserve (weights, workspace) leaves no room for KV in the GPU memory a
+    /// node may take.
+    #[error(
+        "{model} needs {reserved_mib} MiB on the GPU beside its KV cache, and each of {nodes} node(s) may take {share_mib} MiB of the {free_mib} MiB free on the {device}; use a smaller model, or fewer nodes on this GPU"
+    )]
+    GpuTooSmall {
+        model: String,
+        device: String,
+        reserved_mib: u64,
+        share_mib: u64,
+        free_mib: u64,
+        nodes: usize,
+    },
     /// `scheduler.max_seq_tokens` is past the model's context.
     #[error("scheduler.max_seq_tokens = {max_seq_tokens} exceeds the model's context of {context}")]
     ContextTooLong {

@@ -164,18 +164,19 @@ impl Prepared {
 
 /// What the node registers: its id, the address routers dial (`advertise`, else the bound
 /// address) and its hardware. The cpu and sim executors drive no device; sim reports its GPU
-/// budget as device memory, since it stands in for a GPU.
+/// budget as device memory, since it stands in for a GPU; cuda reports its GPU.
 fn registration(p: &Prepared, local: SocketAddr) -> Registration {
-    let device_mib = match p.config.executor {
-        super::ExecutorKind::Cpu => 0,
-        super::ExecutorKind::Sim => p.gpu_mib,
+    let (devices, device_memory_bytes) = match (p.config.executor, &p.gpu) {
+        (super::ExecutorKind::Sim, _) => (0, p.gpu_mib << 20),
+        (_, Some(gpu)) => (1, gpu.total_bytes),
+        (_, None) => (0, 0),
     };
     Registration {
         node: p.config.id.clone(),
         addr: p.config.advertise.unwrap_or(local).to_string(),
         executor: p.config.executor.name().into(),
-        devices: 0,
-        device_memory_bytes: device_mib << 20,
+        devices,
+        device_memory_bytes,
         host_memory_bytes: p.host_mib << 20,
     }
 }

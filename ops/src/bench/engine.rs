@@ -16,6 +16,7 @@ use strata_node::exec::{Executor, PoolSizes};
 use strata_node::kv::KvLayout;
 use strata_node::model::{ModelConfig, ModelSource, Weights};
 use strata_node::sched::{Mode, SchedulerConfig, StreamDecode, roofline};
+use strata_node::service::gpu::{self, GpuProbe, GpuWeights};
 use strata_transport::proto::{CostProfile, SloClass};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -23,6 +24,9 @@ use strata_transport::proto::{CostProfile, SloClass};
 pub enum ExecKind {
     /// Real f32 math on this machine's CPU cores; the GPU tier is a capacity-limited RAM pool.
     Cpu,
+    /// bf16 math on the first NVIDIA GPU, KV in bf16, a pinned host tier (needs a strata built
+    /// with the `cuda` feature, the default).
+    Cuda,
     /// No math: step times from a cost profile (fast; any model shape).
     Sim,
 }
@@ -33,7 +37,9 @@ pub struct EngineArgs {
     #[arg(long, value_enum, default_value = "cpu")]
     executor: ExecKind,
     /// Model: a preset (`tiny`, `llama-3-8b`, `llama-3-70b`) or a HF model directory.
-    /// `cpu` computes with its weights (random for presets), so keep it small.
+    /// `cpu` computes with its weights (random for presets), so keep it small. `cuda` uploads
+    /// the weights of models up to 2e9 layer parameters and of HF directories (slow when large)
+    /// and draws random ones on the GPU for larger presets.
     #[arg(long, default_value = "tiny")]
     model: String,
     /// Requests in the workload (each mode runs the same ones).
@@ -65,7 +71,8 @@ pub struct EngineArgs {
     /// (prompt-max + output-max over all layers). Layer-wise mode pays its staging area from it.
     #[arg(long, default_value_t = 1.5)]
     gpu_budget: f64,
-    /// Host-tier capacity, GiB (allocated lazily on `cpu`; capped at what the workload can use).
+    /// Host-tier capacity, GiB (allocated lazily on `cpu`, pinned up front on `cuda`; capped at
+    /// what the workload can use).
     #[arg(long, default_value_t = 64.0)]
     host_gib: f64,
     /// Prefill long prompts in chunks of this many tokens beside running decodes, in both
@@ -86,7 +93,7 @@ pub struct EngineArgs {
     #[arg(long)]
     tpot_slo_ms: Option<f64>,
     /// Cost profile (TOML) for the scheduler and, with `sim`, for step times. Default: fitted
-    /// here by calibration on `cpu`; an analytic H200 roofline on `sim`.
+    /// here by calibration on `cpu` and `cuda`; an analytic H200 roofline on `sim`.
     #[arg(long)]
     profile: Option<PathBuf>,
     /// Modes to run, in order.
@@ -104,6 +111,8 @@ pub struct EngineArgs {
 struct Document<'a> {
     runs: &'a [ModeReport],
     executor: ExecKind,
+    /// The GPU (`cuda`).
+    device: Option<&'a str>,
     model: &'a str,
     workload: &'a Workload,
     ttft_slo_ms: f64,
@@ -115,14 +124,33 @@ struct Document<'a> {
 
 struct Setup {
     cfg: ModelConfig,
-    weights: Option<Weights>,
+    weights: ExecWeights,
     layout: KvLayout,
+    /// The GPU (`cuda`).
+    gpu: Option<GpuProbe>,
+}
+
+/// What each run's executor is built from.
+enum ExecWeights {
+    Sim,
+    Cpu(Weights),
+    Cuda(GpuWeights),
 }
 
 fn setup(args: &EngineArgs) -> anyhow::Result<Setup> {
     let source: ModelSource = args.model.parse()?;
+    let mut gpu = None;
     let (cfg, weights) = match args.executor {
-        ExecKind::Sim => (source.config()?, None),
+        ExecKind::Sim => (source.config()?, ExecWeights::Sim),
+        ExecKind::Cuda => {
+            // The GPU first: where there is none, that is the one error to report.
+            let cfg = source.config()?;
+            let rows =
+                args.prompt_max.max(MAX_PREFILL_TOKENS) + SchedulerConfig::default().max_batch_seqs;
+            gpu = Some(gpu::probe(&cfg, rows)?);
+            let weights = GpuWeights::choose(&source, args.seed, &mut |m| println!("{m}"))?;
+            (cfg, ExecWeights::Cuda(weights))
+        }
         ExecKind::Cpu => {
             let cfg = source.config()?;
             let params = cfg.num_layers
@@ -135,31 +163,33 @@ fn setup(args: &EngineArgs) -> anyhow::Result<Setup> {
                 );
             }
             let model = source.load(args.seed, 0..cfg.num_layers)?;
-            (model.config, Some(model.weights))
+            (model.config, ExecWeights::Cpu(model.weights))
         }
     };
-    let layout = KvLayout::for_model(
-        &cfg,
-        args.block_tokens,
-        if weights.is_some() { 4 } else { 2 },
-    );
+    let dtype_bytes = match weights {
+        ExecWeights::Cpu(_) => 4,
+        ExecWeights::Sim | ExecWeights::Cuda(_) => 2,
+    };
+    let layout = KvLayout::for_model(&cfg, args.block_tokens, dtype_bytes);
     Ok(Setup {
         cfg,
         weights,
         layout,
+        gpu,
     })
 }
 
+/// A fresh executor of the run's kind (one per mode, and one to calibrate).
 fn executor(
     s: &Setup,
-    exec: ExecKind,
     pools: PoolSizes,
     cost: &CostProfile,
     seed: u64,
 ) -> anyhow::Result<Box<dyn Executor>> {
-    Ok(match (exec, &s.weights) {
-        (ExecKind::Cpu, Some(w)) => Box::new(CpuExecutor::new(&s.cfg, w.clone(), s.layout, pools)?),
-        _ => Box::new(SimExecutor::new(
+    Ok(match &s.weights {
+        ExecWeights::Cpu(w) => Box::new(CpuExecutor::new(&s.cfg, w.clone(), s.layout, pools)?),
+        ExecWeights::Cuda(w) => gpu::executor(&s.cfg, w.clone(), s.layout, pools)?,
+        ExecWeights::Sim => Box::new(SimExecutor::new(
             *cost,
             s.layout,
             s.cfg.vocab_size as u32,
@@ -167,6 +197,9 @@ fn executor(
         )),
     })
 }
+
+/// The scheduler's prefill budget per step: at least one longest prompt.
+const MAX_PREFILL_TOKENS: usize = 8192;
 
 pub fn run(args: EngineArgs) -> anyhow::Result<()> {
     if args.prompt_min == 0
@@ -199,6 +232,23 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
     }
     let host_blocks = (args.requests * layers * seq_blocks)
         .min((args.host_gib * (1u64 << 30) as f64 / s.layout.block_bytes() as f64) as usize);
+    if let Some(gpu) = &s.gpu {
+        let budget_mib = (budget as u64 * s.layout.block_bytes()).div_ceil(1 << 20);
+        println!(
+            "GPU {}: {}, {} of {} MiB free, {} MiB reserved for weights and workspace",
+            gpu.ordinal,
+            gpu.name,
+            gpu.free_bytes >> 20,
+            gpu.total_bytes >> 20,
+            gpu.reserved_bytes.div_ceil(1 << 20)
+        );
+        if !gpu.fits(budget_mib) {
+            bail!(
+                "--gpu-budget {} is {budget_mib} MiB of KV, which with the reserve exceeds the GPU's free memory; lower --gpu-budget or --prompt-max",
+                args.gpu_budget
+            );
+        }
+    }
     println!(
         "strata bench engine: {} executor, model {} ({layers} layers), GPU budget {budget} blocks of {} KiB \
          = {:.1} longest requests",
@@ -272,12 +322,12 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
             staging_blocks,
             watermark_blocks: layers.max(pools.gpu_blocks / 100),
             max_seq_tokens: max_seq,
-            max_prefill_tokens: args.prompt_max.max(8192),
+            max_prefill_tokens: args.prompt_max.max(MAX_PREFILL_TOKENS),
             prefill_chunk_tokens: args.prefill_chunk,
             stream_decode: args.stream_decode,
             ..SchedulerConfig::default()
         };
-        let exec = executor(&s, args.executor, pools, &cost, args.seed)?;
+        let exec = executor(&s, pools, &cost, args.seed)?;
         let mut engine = Engine::new(EngineConfig { sched, pools }, s.layout, cost, exec)?;
         let bar = ProgressBar::new(requests.len() as u64);
         bar.set_style(
@@ -325,6 +375,7 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
         let doc = Document {
             runs: &reports,
             executor: args.executor,
+            device: s.gpu.as_ref().map(|g| g.name.as_str()),
             model: &args.model,
             workload: &workload,
             ttft_slo_ms,
@@ -362,7 +413,7 @@ fn capacity_per_s(
     memory.min(compute)
 }
 
-/// The cost profile: a file, a calibration of the cpu executor, or the H200 roofline.
+/// The cost profile: a file, a calibration of the cpu or cuda executor, or the H200 roofline.
 fn profile(args: &EngineArgs, s: &Setup) -> anyhow::Result<CostProfile> {
     if let Some(path) = &args.profile {
         let text =
@@ -383,7 +434,7 @@ fn profile(args: &EngineArgs, s: &Setup) -> anyhow::Result<CostProfile> {
         host_blocks: plan.host_blocks_needed(),
         staging_blocks: 0,
     };
-    let mut exec = executor(s, ExecKind::Cpu, pools, &CostProfile::default(), args.seed)?;
+    let mut exec = executor(s, pools, &CostProfile::default(), args.seed)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("calibrating [{bar:30}] {pos}/{len} points")
@@ -403,7 +454,8 @@ fn profile(args: &EngineArgs, s: &Setup) -> anyhow::Result<CostProfile> {
     )?;
     bar.finish_and_clear();
     println!(
-        "cost profile fitted on this machine in {:.1}s: prefill {:.0} ms at {} tokens, decode step {:.2} ms at batch 8, copies {:.2} GB/s",
+        "cost profile of the {} executor fitted on this machine in {:.1}s: prefill {:.0} ms at {} tokens, decode step {:.2} ms at batch 8, copies {:.2} GB/s",
+        exec.name(),
         started.elapsed().as_secs_f64(),
         cost.prefill_s(args.prompt_max, 0, s.layout.layers) * 1e3,
         args.prompt_max,

@@ -25,8 +25,8 @@ pub enum BenchCommand {
     /// whole-request KV allocation) and `layerwise` (LayerKV) modes side by side, and report
     /// TTFT, its queuing share, TPOT, throughput and SLO attainment for each.
     ///
-    /// Time is virtual: each step advances the clock by what it took (measured on `cpu`,
-    /// modelled on `sim`), and idle gaps are skipped, so the run takes about as long as the
+    /// Time is virtual: each step advances the clock by what it took (measured on `cpu` and
+    /// `cuda`, modelled on `sim`), and idle gaps are skipped, so the run takes about as long as the
     /// compute it does.
     Engine(engine::EngineArgs),
     /// Measure the cuda executor on GPU 0 against the device's own measured peaks.

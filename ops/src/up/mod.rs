@@ -3,9 +3,11 @@
 //! `cluster.json` in the data directory.
 //!
 //! - [`child`] — spawning a member, reading its ready line, stopping it.
+//! - [`cuda`] — probing the GPU first and splitting it between the nodes (`--executor cuda`).
 //! - [`setup`] — configuring the fresh cluster through its control plane.
 
 pub(crate) mod child;
+mod cuda;
 pub mod setup;
 
 use anyhow::{Context, bail};
@@ -15,6 +17,7 @@ use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use strata_node::service::ExecutorKind;
 use strata_router::config::{Limits, RaftConfig, RouterConfig, TlsConfig};
 use strata_router::place::Policy;
 use strata_transport::proto::SloClass;
@@ -37,6 +40,7 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 ///   strata up                       # tiny model, 3 routers, 2 cpu nodes, http://127.0.0.1:8080
 ///   strata up --model /models/Llama-3.2-1B-Instruct --nodes 1
 ///   strata up --executor sim --model llama-3-8b --policy round_robin
+///   strata up --executor cuda --model llama-3-8b --nodes 1
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// A preset (`tiny`, `llama-3-8b`, `llama-3-70b`) or an HF model directory (config.json,
@@ -49,9 +53,16 @@ pub struct UpArgs {
     /// Number of router replicas (Raft voters; 3 or 5 tolerate 1 or 2 failures).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=7))]
     pub routers: u64,
-    /// Executor of every node: `cpu` (real math) or `sim` (a cost model, no weights).
+    /// Executor of every node: `cpu` (real math), `cuda` (bf16 on the GPU) or `sim` (a cost
+    /// model, no weights).
+    ///
+    /// With `cuda` the GPU is probed before anything starts, and every node runs on the first
+    /// GPU (CUDA_VISIBLE_DEVICES picks it): one node takes 90% of its free memory less its
+    /// weights and workspace; N nodes split that 90% evenly, each less its own weights and
+    /// workspace (or take `gpu_mib` from --node-extra). Each node also pins 32 GiB of host
+    /// memory for its host tier (`--node-extra 'host_mib = …'` changes it).
     #[arg(long, default_value = "cpu")]
-    pub executor: String,
+    pub executor: ExecutorKind,
     /// HTTP address of the endpoint (port 0: any free port; see cluster.json).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
@@ -154,15 +165,23 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
-    if !matches!(args.executor.as_str(), "cpu" | "sim") {
-        bail!("--executor must be cpu or sim (cuda arrives with its issue)");
-    }
+    let (model_spec, model_name, model_dir) = model_of(&args.model)?;
+    let model = model_spec
+        .parse::<strata_node::model::ModelSource>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .config()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let gpu_budget = match args.executor {
+        ExecutorKind::Cuda => {
+            cuda::node_budget(&model, &model_name, args.nodes, args.node_extra.as_deref())?
+        }
+        ExecutorKind::Cpu | ExecutorKind::Sim => String::new(),
+    };
     let dir = &args.data_dir;
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let cluster_json = dir.join("cluster.json");
     let _ = std::fs::remove_file(&cluster_json);
-    let (model_spec, model_name, model_dir) = model_of(&args.model)?;
 
     let node_ids: Vec<String> = (1..=args.nodes).map(|i| format!("node-{i}")).collect();
     let router_ids: Vec<(u64, String)> = (1..=args.routers)
@@ -178,12 +197,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let raft_dir = dir.join("raft");
     let _ = std::fs::remove_dir_all(&raft_dir);
     std::fs::create_dir_all(&raft_dir)?;
-    let layers = model_spec
-        .parse::<strata_node::model::ModelSource>()
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .config()
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .num_layers as u32;
+    let layers = model.num_layers as u32;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let started = Instant::now();
@@ -248,8 +262,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         for id in &node_ids {
             let cfg = dir.join(format!("{id}.toml"));
             let mut text = format!(
-                "id = {id:?}\nlisten = \"127.0.0.1:0\"\nmodel = {model_spec:?}\nmodel_name = {model_name:?}\nexecutor = {:?}\nrouters = [{routers_toml}]\n",
-                args.executor
+                "id = {id:?}\nlisten = \"127.0.0.1:0\"\nmodel = {model_spec:?}\nmodel_name = {model_name:?}\nexecutor = {:?}\nrouters = [{routers_toml}]\n{gpu_budget}",
+                args.executor.name()
             );
             if let Some(extra) = &args.node_extra {
                 text.push_str(extra);
@@ -257,7 +271,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
             text.push_str(&format!("\n[tls]\ndir = {:?}\nmember = {id:?}\n", certs.display().to_string()));
             std::fs::write(&cfg, text)?;
-            eprintln!("starting {id} ({} {model_name})", args.executor);
+            eprintln!("starting {id} ({} {model_name})", args.executor.name());
             let node_args = ["node".to_string(), "--config".into(), path_arg(&cfg)];
             let log = logs.join(format!("{id}.log"));
             let member = tokio::select! {

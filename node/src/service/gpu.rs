@@ -1,0 +1,227 @@
+//! The `cuda` executor's part of setting up a node (and of `strata up` and `strata bench
+//! engine`, which choose it too): finding the GPU, the default budgets, and the executor with
+//! its weights. In a build without the `cuda` feature [`probe`] and [`executor`] return
+//! [`ServiceError::CudaNotBuilt`]; nothing else here needs a GPU.
+//!
+//! Budgets: `gpu_mib` defaults to [`GPU_UTILIZATION`] of the device's free memory at start
+//! (split evenly when several nodes share one GPU) less what the executor reserves beside its
+//! KV pools (bf16 weights, RoPE tables, the workspace of the largest step); `host_mib` to
+//! [`HOST_MIB`] of pinned host memory.
+//!
+//! Weights ([`GpuWeights::choose`]): a model of at most
+//! [`CPU_MAX_LAYER_PARAMS`](super::setup::CPU_MAX_LAYER_PARAMS) layer parameters (e.g. `tiny`)
+//! loads on the host and is uploaded, so its tokens match the cpu executor's; so does any HF
+//! directory, however large (slow: f32 on the host first). Larger presets draw random bf16
+//! weights on the device from the seed.
+
+use super::ServiceError;
+use super::config::SchedSettings;
+use super::setup::{CPU_MAX_LAYER_PARAMS, layer_params};
+use crate::exec::{Executor, PoolSizes};
+use crate::kv::KvLayout;
+use crate::model::{ModelConfig, ModelError, ModelSource, Weights};
+
+/// Share of the device's free memory a `cuda` node budgets for weights, workspace and KV
+/// (vLLM's default); the rest is left to the CUDA context, cuBLAS and fragmentation.
+pub const GPU_UTILIZATION: f64 = 0.9;
+/// Host budget of a `cuda` node when `host_mib` is not given: 32 GiB of pinned host memory.
+pub const HOST_MIB: u64 = 32 << 10;
+/// The GPU a `cuda` node runs on (the executor takes the first one CUDA shows it; set
+/// `CUDA_VISIBLE_DEVICES` to choose).
+pub const ORDINAL: usize = 0;
+
+/// The GPU a `cuda` node will run on, and what its executor will take beside the KV pools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuProbe {
+    pub ordinal: usize,
+    pub name: String,
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    /// Device bytes the executor takes beside its KV pools.
+    pub reserved_bytes: u64,
+}
+
+impl GpuProbe {
+    /// The default GPU-tier budget of each of `nodes` nodes sharing this GPU, MiB: its share
+    /// of [`GPU_UTILIZATION`] of the free memory, less the executor's reserve. `model` names
+    /// the model in the error when nothing is left for KV.
+    pub fn default_gpu_mib(&self, model: &str, nodes: usize) -> Result<u64, ServiceError> {
+        let nodes = nodes.max(1);
+        let share = (self.free_bytes as f64 * GPU_UTILIZATION / nodes as f64) as u64;
+        match share.checked_sub(self.reserved_bytes) {
+            Some(kv) if kv >= 1 << 20 => Ok(kv >> 20),
+            _ => Err(ServiceError::GpuTooSmall {
+                model: model.to_string(),
+                device: self.name.clone(),
+                reserved_mib: self.reserved_bytes.div_ceil(1 << 20),
+                share_mib: share >> 20,
+                free_mib: self.free_bytes >> 20,
+                nodes,
+            }),
+        }
+    }
+
+    /// Whether a GPU-tier budget of `gpu_mib` plus the reserve fits in the free memory.
+    pub fn fits(&self, gpu_mib: u64) -> bool {
+        (gpu_mib << 20).saturating_add(self.reserved_bytes) <= self.free_bytes
+    }
+}
+
+/// Rows of the largest step `s` lets the scheduler plan: its prefill budget (or chunk) plus
+/// one decode row per running sequence. What the executor's workspace is reserved for.
+pub fn max_step_rows(s: &SchedSettings) -> usize {
+    s.max_prefill_tokens.max(s.prefill_chunk_tokens) + s.max_batch_seqs
+}
+
+/// Finds the GPU and checks that the CUDA libraries load; `model` and `max_rows` size the
+/// executor's reserve. No GPU or no library: [`ServiceError::NoGpu`], which says what is
+/// missing.
+#[cfg(feature = "cuda")]
+pub fn probe(model: &ModelConfig, max_rows: usize) -> Result<GpuProbe, ServiceError> {
+    use crate::exec::cuda;
+    let info = cuda::probe(ORDINAL).map_err(ServiceError::NoGpu)?;
+    Ok(GpuProbe {
+        ordinal: info.ordinal,
+        name: info.name,
+        total_bytes: info.total_bytes,
+        free_bytes: info.free_bytes,
+        reserved_bytes: cuda::reserved_bytes(model, max_rows),
+    })
+}
+
+/// This strata was built without the `cuda` feature: [`ServiceError::CudaNotBuilt`].
+#[cfg(not(feature = "cuda"))]
+pub fn probe(model: &ModelConfig, max_rows: usize) -> Result<GpuProbe, ServiceError> {
+    let _ = (model, max_rows);
+    Err(ServiceError::CudaNotBuilt)
+}
+
+/// Where a `cuda` executor's weights come from.
+#[derive(Debug, Clone)]
+pub enum GpuWeights {
+    /// Loaded on the host (f32), converted to bf16 and uploaded.
+    Host(Weights),
+    /// Random bf16 weights drawn on the device from `seed`.
+    Random { seed: u64 },
+}
+
+impl GpuWeights {
+    /// Host weights (`source.load`) for a model of at most `CPU_MAX_LAYER_PARAMS` layer
+    /// parameters and for any HF directory; random ones on the device for larger presets.
+    /// `progress` hears which, and that a large directory is slow.
+    pub fn choose(
+        source: &ModelSource,
+        seed: u64,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<GpuWeights, ModelError> {
+        let model = source.config()?;
+        let params = layer_params(&model);
+        let small = params <= CPU_MAX_LAYER_PARAMS;
+        if !small && matches!(source, ModelSource::Preset(_)) {
+            progress(&format!(
+                "drawing random bf16 weights for {source} on the GPU (seed {seed})"
+            ));
+            return Ok(GpuWeights::Random { seed });
+        }
+        if small {
+            progress(&format!("loading {source} on the host"));
+        } else {
+            progress(&format!(
+                "loading {source} on the host ({:.0} GB in f32) to upload it in bf16: \
+                 slow for a model of {params} layer parameters",
+                4.0 * params as f64 / 1e9
+            ));
+        }
+        Ok(GpuWeights::Host(
+            source.load(seed, 0..model.num_layers)?.weights,
+        ))
+    }
+}
+
+/// The `cuda` executor for `model` with `pools` of `layout` (bf16: `dtype_bytes == 2`).
+#[cfg(feature = "cuda")]
+pub fn executor(
+    model: &ModelConfig,
+    weights: GpuWeights,
+    layout: KvLayout,
+    pools: PoolSizes,
+) -> Result<Box<dyn Executor>, ServiceError> {
+    use crate::exec::cuda::CudaExecutor;
+    let exec = match weights {
+        GpuWeights::Host(w) => CudaExecutor::new(model, w, layout, pools)?,
+        GpuWeights::Random { seed } => CudaExecutor::random(model, seed, layout, pools)?,
+    };
+    Ok(Box::new(exec))
+}
+
+/// This strata was built without the `cuda` feature: [`ServiceError::CudaNotBuilt`].
+#[cfg(not(feature = "cuda"))]
+pub fn executor(
+    model: &ModelConfig,
+    weights: GpuWeights,
+    layout: KvLayout,
+    pools: PoolSizes,
+) -> Result<Box<dyn Executor>, ServiceError> {
+    let _ = (model, weights, layout, pools);
+    Err(ServiceError::CudaNotBuilt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h200(reserved_gib: u64) -> GpuProbe {
+        GpuProbe {
+            ordinal: 0,
+            name: "NVIDIA H200".into(),
+            total_bytes: 143_771 << 20,
+            free_bytes: 143_000 << 20,
+            reserved_bytes: reserved_gib << 30,
+        }
+    }
+
+    #[test]
+    fn the_default_budget_is_a_share_of_free_memory_less_the_reserve() {
+        let gpu = h200(16);
+        let one = gpu.default_gpu_mib("llama-3-8b", 1).unwrap();
+        assert_eq!(one, (143_000.0 * 0.9) as u64 - (16 << 10));
+        assert!(gpu.fits(one));
+        assert!(!gpu.fits(143_000));
+        let two = gpu.default_gpu_mib("llama-3-8b", 2).unwrap();
+        assert_eq!(two, (143_000.0 * 0.45) as u64 - (16 << 10));
+        assert!(2 * two + 2 * (16 << 10) <= 143_000);
+    }
+
+    #[test]
+    fn a_model_that_leaves_no_room_for_kv_names_the_numbers() {
+        let err = h200(140).default_gpu_mib("llama-3-70b", 1).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, ServiceError::GpuTooSmall { nodes: 1, .. }),
+            "{text}"
+        );
+        assert!(
+            text.contains("llama-3-70b") && text.contains("143360 MiB") && text.contains("H200"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_largest_step_counts_prefill_and_decode_rows() {
+        let s = SchedSettings {
+            max_prefill_tokens: 8192,
+            prefill_chunk_tokens: 0,
+            max_batch_seqs: 64,
+            ..SchedSettings::default()
+        };
+        assert_eq!(max_step_rows(&s), 8192 + 64);
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn without_the_feature_cuda_says_how_to_build_it() {
+        let model = crate::model::Preset::Tiny.config();
+        let err = probe(&model, 1024).unwrap_err().to_string();
+        assert!(err.contains("`cuda` feature") && err.contains("cargo build --release"));
+    }
+}
