@@ -13,6 +13,7 @@ pub mod config;
 pub mod event;
 pub mod fit;
 pub mod plan;
+pub mod profiles;
 pub mod request;
 pub mod residency;
 pub mod roofline;

@@ -96,6 +96,10 @@ pub struct EngineArgs {
     /// here by calibration on `cpu` and `cuda`; an analytic H200 roofline on `sim`.
     #[arg(long)]
     profile: Option<PathBuf>,
+    /// Write the cost profile this run fitted (or read) to this TOML file, for `profile =` in a
+    /// node's config and for `--profile` here (e.g. `profiles/h200-llama-3-8b.toml`).
+    #[arg(long)]
+    save_profile: Option<PathBuf>,
     /// Modes to run, in order.
     #[arg(long, value_delimiter = ',', default_value = "baseline,layerwise")]
     modes: Vec<Mode>,
@@ -259,6 +263,16 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
     );
 
     let cost = profile(&args, &s)?;
+    if let Some(path) = &args.save_profile {
+        let text = format!(
+            "# Cost profile of the {:?} executor for {}, written by `strata bench engine --save-profile`.\n{}",
+            args.executor,
+            args.model,
+            toml::to_string(&cost).context("encoding the cost profile")?
+        );
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("cost profile written to {}", path.display());
+    }
     let mean_prefill = (0..16)
         .map(|i| {
             let p = args.prompt_min + (args.prompt_max - args.prompt_min) * i / 15;

@@ -99,6 +99,8 @@ pub(crate) struct Gpu {
     pub(crate) meta_dev: DeviceBuf,
     pub(crate) ev: Events,
     pub(crate) dims: Dims,
+    /// When the current step began (`STRATA_CUDA_TRACE` reports host enqueue time against it).
+    pub(crate) step_started: std::time::Instant,
 }
 
 /// Positions `start_pos .. start_pos + tokens` need this many blocks.
@@ -182,6 +184,7 @@ impl Gpu {
 
     /// Runs a validated plan. Tokens are in plan order.
     pub(crate) fn step(&mut self, plan: &StepPlan) -> Result<StepOutput, ExecError> {
+        self.step_started = std::time::Instant::now();
         let d = self.dims;
         let bt = d.block_tokens;
         // After the previous step's offloads and reloads.
@@ -197,8 +200,10 @@ impl Gpu {
         };
         let items = &plan.items;
         if items.is_empty() {
-            self.ev.tail_off.record(&self.offload)?;
-            self.ev.tail_rel.record(&self.reload)?;
+            // A step of copies alone takes as long as the copies: wait for them, so that its
+            // elapsed time (what the engine's clock and calibration see) is the transfer's.
+            self.offload.sync("copying KV blocks")?;
+            self.reload.sync("copying KV blocks")?;
             return Ok(out);
         }
 
@@ -501,7 +506,16 @@ impl Gpu {
         }
         self.ev.tail_off.record(&self.offload)?;
         self.ev.tail_rel.record(&self.reload)?;
+        let queued = std::time::Instant::now();
         c.sync("running the step")?;
+        if std::env::var_os("STRATA_CUDA_TRACE").is_some() {
+            eprintln!(
+                "cuda step: {rows} rows, {} items: queued in {:?}, GPU done {:?} later",
+                items.len(),
+                queued - self.step_started,
+                queued.elapsed()
+            );
+        }
 
         let mut greedy = vec![0u32; n];
         ws.tokens.download(&mut greedy, "tokens")?;

@@ -207,6 +207,7 @@ impl CudaExecutor {
             meta_dev: DeviceBuf::new(1 << 20, "step metadata")?,
             ev: Events::new(cfg.num_layers)?,
             dims,
+            step_started: Instant::now(),
             compute,
             k,
         };
