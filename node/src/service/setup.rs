@@ -179,6 +179,14 @@ fn cost_profile(
         return toml::from_str(&text).map_err(|e| bad(e.to_string()));
     }
     let Some(exec) = exec else {
+        // `sim`: the profile fitted on an H200 where the repository has one, else the roofline.
+        if let Some(fitted) = crate::sched::profiles::h200(&cfg.model) {
+            progress(&format!(
+                "cost profile: fitted on an H200 (profiles/h200-{}.toml)",
+                cfg.model
+            ));
+            return Ok(fitted);
+        }
         return Ok(roofline::profile(model, &roofline::H200, 2));
     };
     // The largest plan that fits the pools; calibration writes blocks from index 0 up, and the

@@ -436,6 +436,13 @@ fn profile(args: &EngineArgs, s: &Setup) -> anyhow::Result<CostProfile> {
             .with_context(|| format!("parsing cost profile {}", path.display()));
     }
     if args.executor == ExecKind::Sim {
+        if let Some(fitted) = strata_node::sched::profiles::h200(&args.model) {
+            println!(
+                "cost profile: fitted on an H200 (profiles/h200-{}.toml; no --profile given)",
+                args.model
+            );
+            return Ok(fitted);
+        }
         println!(
             "cost profile: analytic H200 roofline for {} (no --profile given)",
             args.model
