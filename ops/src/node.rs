@@ -26,9 +26,10 @@ CONFIG (TOML; every key is optional, the defaults are shown):
                                # sim: step times from a cost model, in real time, no weights
   # gpu_mib = 1024             # GPU-tier budget (default: 1024 on cpu; on sim an H200's
                                #   90% of 140 GiB less the weights; on cuda 90% of the GPU's
-                               #   free memory less the weights and step workspace)
+                               #   free memory less the weights and step workspace, and no
+                               #   more than max_batch_seqs + 1 sequences of max_seq_tokens)
   # host_mib = 2048            # host-tier budget (default: 2048 on cpu, 262144 on sim,
-                               #   32768 of pinned memory on cuda)
+                               #   32768 of pinned memory on cuda, capped like gpu_mib)
   block_tokens = 16            # tokens per KV block
   # profile = \"cost.toml\"      # cost profile (default: calibrated at start on cpu and cuda,
                                #   the analytic H200 roofline on sim)

@@ -168,10 +168,11 @@ pub struct NodeConfig {
     pub tls: TlsConfig,
     /// GPU tier budget, MiB (staging included); `None`: 1024 on `cpu`, an H200's (90% of
     /// 140 GiB less the weights) on `sim`, and on `cuda` 90% of the device's free memory at
-    /// start less what the executor reserves (weights, RoPE tables, step workspace).
+    /// start less what the executor reserves (weights, RoPE tables, step workspace), capped at
+    /// the KV the scheduler can use at once (`service::gpu::useful_kv_mib`).
     pub gpu_mib: Option<u64>,
     /// Host tier budget, MiB; `None`: 2048 on `cpu`, 256 GiB on `sim`, 32 GiB on `cuda`
-    /// (pinned host memory, allocated at start).
+    /// (pinned host memory, allocated at start; capped like `gpu_mib`).
     pub host_mib: Option<u64>,
     /// Tokens per KV block.
     pub block_tokens: usize,

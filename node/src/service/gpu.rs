@@ -6,7 +6,10 @@
 //! Budgets: `gpu_mib` defaults to [`GPU_UTILIZATION`] of the device's free memory at start
 //! (split evenly when several nodes share one GPU) less what the executor reserves beside its
 //! KV pools (bf16 weights, RoPE tables, the workspace of the largest step); `host_mib` to
-//! [`HOST_MIB`] of pinned host memory.
+//! [`HOST_MIB`] of pinned host memory. Neither default goes past [`useful_kv_mib`], the KV the
+//! scheduler's limits let it use at once: a small model on a large GPU would otherwise get tens
+//! of millions of blocks whose bookkeeping costs gigabytes of RAM and seconds at start, and pin
+//! host memory nothing can fill.
 //!
 //! Weights ([`GpuWeights::choose`]): a model of at most
 //! [`CPU_MAX_LAYER_PARAMS`](super::setup::CPU_MAX_LAYER_PARAMS) layer parameters (e.g. `tiny`)
@@ -67,6 +70,14 @@ impl GpuProbe {
     }
 }
 
+/// MiB of bf16 KV that `s` lets the scheduler use at once: `max_batch_seqs` sequences and the
+/// staging area, each of `max_seq_tokens` (else the model's context) in every layer.
+pub fn useful_kv_mib(model: &ModelConfig, s: &SchedSettings) -> u64 {
+    let max_seq = s.max_seq_tokens.unwrap_or(model.max_position_embeddings) as u64;
+    let token_bytes = (2 * model.kv_dim() * 2 * model.num_layers) as u64;
+    ((s.max_batch_seqs as u64 + 1) * max_seq * token_bytes).div_ceil(1 << 20)
+}
+
 /// Rows of the largest step `s` lets the scheduler plan: its prefill budget (or chunk) plus
 /// one decode row per running sequence. What the executor's workspace is reserved for.
 pub fn max_step_rows(s: &SchedSettings) -> usize {
@@ -79,7 +90,7 @@ pub fn max_step_rows(s: &SchedSettings) -> usize {
 #[cfg(feature = "cuda")]
 pub fn probe(model: &ModelConfig, max_rows: usize) -> Result<GpuProbe, ServiceError> {
     use crate::exec::cuda;
-    let info = cuda::probe(ORDINAL).map_err(ServiceError::NoGpu)?;
+    let info = cuda::probe(ORDINAL).map_err(no_gpu)?;
     Ok(GpuProbe {
         ordinal: info.ordinal,
         name: info.name,
@@ -87,6 +98,21 @@ pub fn probe(model: &ModelConfig, max_rows: usize) -> Result<GpuProbe, ServiceEr
         free_bytes: info.free_bytes,
         reserved_bytes: cuda::reserved_bytes(model, max_rows),
     })
+}
+
+/// The probe's error as [`ServiceError::NoGpu`], said once: the probe's own reasons already
+/// start with "no usable GPU".
+#[cfg(feature = "cuda")]
+fn no_gpu(e: crate::exec::ExecError) -> ServiceError {
+    let reason = match e {
+        crate::exec::ExecError::Device(reason) => reason,
+        other => other.to_string(),
+    };
+    let reason = match reason.strip_prefix("no usable GPU: ") {
+        Some(rest) => rest.to_string(),
+        None => reason,
+    };
+    ServiceError::NoGpu { reason }
 }
 
 /// This strata was built without the `cuda` feature: [`ServiceError::CudaNotBuilt`].
@@ -138,32 +164,70 @@ impl GpuWeights {
     }
 }
 
-/// The `cuda` executor for `model` with `pools` of `layout` (bf16: `dtype_bytes == 2`).
+/// The `cuda` executor for `model` with `pools` of `layout` (bf16: `dtype_bytes == 2`), and
+/// what `calibrate` made of it first (a cost profile; `|_| Ok(())` for none).
+///
+/// `calibrate` sees the executor with each step timed until its copies are done: the executor's
+/// own `elapsed` ends when the step's tokens are back, while offloads run on beside the next
+/// step, so a bare copy step would look nearly free.
 #[cfg(feature = "cuda")]
-pub fn executor(
+pub fn executor<T, E: From<ServiceError>>(
     model: &ModelConfig,
     weights: GpuWeights,
     layout: KvLayout,
     pools: PoolSizes,
-) -> Result<Box<dyn Executor>, ServiceError> {
+    calibrate: impl FnOnce(&mut dyn Executor) -> Result<T, E>,
+) -> Result<(Box<dyn Executor>, T), E> {
     use crate::exec::cuda::CudaExecutor;
-    let exec = match weights {
-        GpuWeights::Host(w) => CudaExecutor::new(model, w, layout, pools)?,
-        GpuWeights::Random { seed } => CudaExecutor::random(model, seed, layout, pools)?,
+    let built = match weights {
+        GpuWeights::Host(w) => CudaExecutor::new(model, w, layout, pools),
+        GpuWeights::Random { seed } => CudaExecutor::random(model, seed, layout, pools),
     };
-    Ok(Box::new(exec))
+    let mut exec = built.map_err(|e| E::from(ServiceError::Exec(e)))?;
+    let calibrated = calibrate(&mut synced::Synced(&mut exec))?;
+    Ok((Box::new(exec), calibrated))
 }
 
 /// This strata was built without the `cuda` feature: [`ServiceError::CudaNotBuilt`].
 #[cfg(not(feature = "cuda"))]
-pub fn executor(
+pub fn executor<T, E: From<ServiceError>>(
     model: &ModelConfig,
     weights: GpuWeights,
     layout: KvLayout,
     pools: PoolSizes,
-) -> Result<Box<dyn Executor>, ServiceError> {
-    let _ = (model, weights, layout, pools);
-    Err(ServiceError::CudaNotBuilt)
+    calibrate: impl FnOnce(&mut dyn Executor) -> Result<T, E>,
+) -> Result<(Box<dyn Executor>, T), E> {
+    let _ = (model, weights, layout, pools, calibrate);
+    Err(ServiceError::CudaNotBuilt.into())
+}
+
+#[cfg(feature = "cuda")]
+mod synced {
+    use crate::exec::cuda::CudaExecutor;
+    use crate::exec::{ExecError, Executor, StepOutput};
+    use crate::sched::plan::StepPlan;
+    use std::time::Instant;
+
+    /// Times each step until every copy it started is done.
+    pub(super) struct Synced<'a>(pub(super) &'a mut CudaExecutor);
+
+    impl Executor for Synced<'_> {
+        fn name(&self) -> &'static str {
+            self.0.name()
+        }
+
+        fn copies_overlap_compute(&self) -> bool {
+            self.0.copies_overlap_compute()
+        }
+
+        fn execute(&mut self, plan: &StepPlan) -> Result<StepOutput, ExecError> {
+            let started = Instant::now();
+            let mut out = self.0.execute(plan)?;
+            self.0.synchronize()?;
+            out.elapsed = started.elapsed();
+            Ok(out)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -203,6 +267,19 @@ mod tests {
         assert!(
             text.contains("llama-3-70b") && text.contains("143360 MiB") && text.contains("H200"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn small_models_get_no_more_kv_than_they_can_use() {
+        let tiny = crate::model::Preset::Tiny.config();
+        let s = SchedSettings::default();
+        // 257 sequences of 32768 tokens, 4 layers of 2 KV heads of 16 bf16 values, K and V.
+        assert_eq!(useful_kv_mib(&tiny, &s), (257 * 32768 * 512) >> 20);
+        let eight_b = crate::model::Preset::Llama3_8b.config();
+        assert!(
+            useful_kv_mib(&eight_b, &s) > super::super::setup::H200_MIB,
+            "an 8B model can use a whole H200"
         );
     }
 

@@ -91,9 +91,9 @@ pub enum ServiceError {
         "executor cuda: this strata was built without the `cuda` feature; build it with `cargo build --release` (the feature is on by default; `--no-default-features` removes it)"
     )]
     CudaNotBuilt,
-    /// `cuda` was chosen, and no GPU or CUDA library could be used.
-    #[error("executor cuda: no usable GPU: {0}")]
-    NoGpu(crate::exec::ExecError),
+    /// `cuda` was chosen, and no GPU or CUDA library could be used; `reason` says which.
+    #[error("executor cuda: no usable GPU: {reason}")]
+    NoGpu { reason: String },
     /// The executor's reserve (weights, workspace) leaves no room for KV in the GPU memory a
     /// node may take.
     #[error(

@@ -113,9 +113,10 @@ fn budgets(
         }
         ExecutorKind::Cuda => {
             let probe = gpu::probe(model, gpu::max_step_rows(&cfg.scheduler))?;
+            let useful_mib = gpu::useful_kv_mib(model, &cfg.scheduler);
             let gpu_mib = match cfg.gpu_mib {
                 Some(mib) => mib,
-                None => probe.default_gpu_mib(&cfg.model, 1)?,
+                None => probe.default_gpu_mib(&cfg.model, 1)?.min(useful_mib),
             };
             progress(&format!(
                 "GPU {}: {} with {} of {} MiB free; {} MiB reserved for weights and workspace, \
@@ -129,7 +130,8 @@ fn budgets(
             if !probe.fits(gpu_mib) {
                 progress("warning: gpu_mib and the reserve exceed the GPU's free memory");
             }
-            (gpu_mib, cfg.host_mib.unwrap_or(gpu::HOST_MIB), Some(probe))
+            let host_mib = cfg.host_mib.unwrap_or(gpu::HOST_MIB.min(useful_mib));
+            (gpu_mib, host_mib, Some(probe))
         }
     };
     Ok(Budgets {
@@ -298,9 +300,9 @@ pub fn prepare(cfg: NodeConfig, mut progress: impl FnMut(&str)) -> Result<Prepar
         ExecutorKind::Cuda => {
             let weights = GpuWeights::choose(&source, cfg.seed, &mut progress)?;
             progress("starting the cuda executor");
-            let mut exec = gpu::executor(&model, weights, layout, pools)?;
-            let cost = cost_profile(&cfg, &model, layout, pools, Some(&mut *exec), &mut progress)?;
-            (exec, cost)
+            gpu::executor(&model, weights, layout, pools, |exec| {
+                cost_profile(&cfg, &model, layout, pools, Some(exec), &mut progress)
+            })?
         }
     };
     let sched = scheduler_config(&cfg, max_seq, staging, pools.gpu_blocks, layers);
@@ -374,7 +376,7 @@ mod tests {
         );
         #[cfg(feature = "cuda")]
         match result {
-            Err(e @ ServiceError::NoGpu(_)) => {
+            Err(e @ ServiceError::NoGpu { .. }) => {
                 let text = e.to_string();
                 assert!(text.starts_with("executor cuda: no usable GPU: "), "{text}");
             }

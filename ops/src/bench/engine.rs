@@ -183,23 +183,37 @@ fn setup(args: &EngineArgs) -> anyhow::Result<Setup> {
     })
 }
 
-/// A fresh executor of the run's kind (one per mode, and one to calibrate).
+/// A fresh executor of the run's kind (one per mode).
 fn executor(
     s: &Setup,
     pools: PoolSizes,
     cost: &CostProfile,
     seed: u64,
 ) -> anyhow::Result<Box<dyn Executor>> {
-    Ok(match &s.weights {
+    executor_with(s, pools, cost, seed, |_| Ok(())).map(|(exec, ())| exec)
+}
+
+/// A fresh executor of the run's kind, and what `f` made of it first (a calibration): cuda
+/// times `f`'s steps until their copies are done (see `gpu::executor`).
+fn executor_with<T>(
+    s: &Setup,
+    pools: PoolSizes,
+    cost: &CostProfile,
+    seed: u64,
+    f: impl FnOnce(&mut dyn Executor) -> anyhow::Result<T>,
+) -> anyhow::Result<(Box<dyn Executor>, T)> {
+    let mut exec: Box<dyn Executor> = match &s.weights {
+        ExecWeights::Cuda(w) => return gpu::executor(&s.cfg, w.clone(), s.layout, pools, f),
         ExecWeights::Cpu(w) => Box::new(CpuExecutor::new(&s.cfg, w.clone(), s.layout, pools)?),
-        ExecWeights::Cuda(w) => gpu::executor(&s.cfg, w.clone(), s.layout, pools)?,
         ExecWeights::Sim => Box::new(SimExecutor::new(
             *cost,
             s.layout,
             s.cfg.vocab_size as u32,
             seed,
         )),
-    })
+    };
+    let made = f(&mut *exec)?;
+    Ok((exec, made))
 }
 
 /// The scheduler's prefill budget per step: at least one longest prompt.
@@ -455,24 +469,25 @@ fn profile(args: &EngineArgs, s: &Setup) -> anyhow::Result<CostProfile> {
         host_blocks: plan.host_blocks_needed(),
         staging_blocks: 0,
     };
-    let mut exec = executor(s, pools, &CostProfile::default(), args.seed)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("calibrating [{bar:30}] {pos}/{len} points")
             .context("progress template")?,
     );
     let started = Instant::now();
-    let (cost, _) = calibrate(
-        &mut *exec,
-        s.layout,
-        pools.gpu_blocks,
-        pools.host_blocks,
-        &plan,
-        |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        },
-    )?;
+    let (exec, (cost, _)) = executor_with(s, pools, &CostProfile::default(), args.seed, |exec| {
+        Ok(calibrate(
+            exec,
+            s.layout,
+            pools.gpu_blocks,
+            pools.host_blocks,
+            &plan,
+            |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            },
+        )?)
+    })?;
     bar.finish_and_clear();
     println!(
         "cost profile of the {} executor fitted on this machine in {:.1}s: prefill {:.0} ms at {} tokens, decode step {:.2} ms at batch 8, copies {:.2} GB/s",

@@ -8,7 +8,8 @@ use strata_node::service::gpu;
 
 /// What every node's config gets for its share of the GPU: a `gpu_mib = …` line when several
 /// nodes share it (each gets its share of 90% of the free memory, less what its executor
-/// reserves), nothing for one node (it takes its default) or when `node_extra` sets `gpu_mib`.
+/// reserves, and no more than its scheduler can use), nothing for one node (it takes its
+/// default) or when `node_extra` sets `gpu_mib`.
 pub fn node_budget(
     model: &ModelConfig,
     model_name: &str,
@@ -31,7 +32,9 @@ pub fn node_budget(
     if nodes == 1 || set_by_user {
         return Ok(String::new());
     }
-    let mib = probe.default_gpu_mib(model_name, nodes)?;
+    let mib = probe
+        .default_gpu_mib(model_name, nodes)?
+        .min(gpu::useful_kv_mib(model, &SchedSettings::default()));
     eprintln!(
         "{nodes} nodes share it: gpu_mib = {mib} each, beside {} MiB reserved for weights and workspace",
         probe.reserved_bytes.div_ceil(1 << 20)
