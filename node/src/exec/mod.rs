@@ -11,7 +11,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod sim;
 
-use crate::sched::plan::{SeqId, StepPlan};
+use crate::sched::plan::{CopyOp, SeqId, StepPlan};
 use std::time::Duration;
 
 /// Pool sizes an executor allocates, in blocks.
@@ -64,4 +64,32 @@ pub trait Executor: Send {
 
     /// Runs one step.
     fn execute(&mut self, plan: &StepPlan) -> Result<StepOutput, ExecError>;
+}
+
+/// The plan's copies as runs `(first copy, n)` of `n` consecutive blocks on both sides, each one
+/// transfer, with the effect of running the copies one by one in list order: a run never reads a
+/// block an earlier copy of the same run wrote (on one tier, its source and destination ranges
+/// are disjoint).
+pub(crate) fn copy_runs(copies: &[CopyOp]) -> Vec<(CopyOp, usize)> {
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < copies.len() {
+        let first = copies[i];
+        let mut n = 1;
+        while let Some(next) = copies.get(i + n) {
+            let follows = next.src.tier == first.src.tier
+                && next.dst.tier == first.dst.tier
+                && next.src.index as usize == first.src.index as usize + n
+                && next.dst.index as usize == first.dst.index as usize + n;
+            let (s, d) = (first.src.index as usize, first.dst.index as usize);
+            let disjoint = first.src.tier != first.dst.tier || s + n < d || d + n < s;
+            if !(follows && disjoint) {
+                break;
+            }
+            n += 1;
+        }
+        runs.push((first, n));
+        i += n;
+    }
+    runs
 }

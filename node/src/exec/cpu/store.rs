@@ -89,27 +89,9 @@ impl KvStore {
     /// bytes that crossed tiers. Indices were validated against the pools.
     pub(crate) fn run_copies(&mut self, copies: &[CopyOp]) -> u64 {
         let mut bytes = 0;
-        let mut i = 0;
-        while i < copies.len() {
-            let first = copies[i];
-            let mut n = 1;
-            // A run is the list-order result only when no copy in it reads a block an earlier
-            // one wrote: on one tier, the source and destination ranges must be disjoint.
-            while let Some(next) = copies.get(i + n) {
-                let follows = next.src.tier == first.src.tier
-                    && next.dst.tier == first.dst.tier
-                    && next.src.index as usize == first.src.index as usize + n
-                    && next.dst.index as usize == first.dst.index as usize + n;
-                let (s, d) = (first.src.index as usize, first.dst.index as usize);
-                let disjoint = first.src.tier != first.dst.tier || s + n < d || d + n < s;
-                if !(follows && disjoint) {
-                    break;
-                }
-                n += 1;
-            }
+        for (first, n) in crate::exec::copy_runs(copies) {
             self.copy_run(first.src, first.dst, n);
             bytes += self.crossing(first.src.tier, first.dst.tier, n);
-            i += n;
         }
         bytes
     }

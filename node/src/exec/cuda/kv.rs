@@ -64,33 +64,16 @@ impl KvMemory {
     /// The plan's copies as coalesced runs with the effect of running them one by one in list
     /// order: a run never reads a block an earlier copy of the same run wrote.
     pub(crate) fn copy_runs(&self, copies: &[CopyOp]) -> Vec<Run> {
-        let mut runs = Vec::new();
-        let mut i = 0;
-        while i < copies.len() {
-            let first = copies[i];
-            let mut n = 1;
-            while let Some(next) = copies.get(i + n) {
-                let follows = next.src.tier == first.src.tier
-                    && next.dst.tier == first.dst.tier
-                    && next.src.index as usize == first.src.index as usize + n
-                    && next.dst.index as usize == first.dst.index as usize + n;
-                let (s, d) = (first.src.index as usize, first.dst.index as usize);
-                let disjoint = first.src.tier != first.dst.tier || s + n < d || d + n < s;
-                if !(follows && disjoint) {
-                    break;
-                }
-                n += 1;
-            }
-            runs.push(Run {
+        crate::exec::copy_runs(copies)
+            .into_iter()
+            .map(|(first, n)| Run {
                 src: self.addr(first.src),
                 dst: self.addr(first.dst),
                 bytes: n * self.block_bytes,
                 crossing: first.src.tier != first.dst.tier,
                 offload: first.src.tier == Tier::Gpu && first.dst.tier == Tier::Host,
-            });
-            i += n;
-        }
-        runs
+            })
+            .collect()
     }
 
     /// Runs moving `blocks` (any tier) into consecutive staging slots from `slot0` of `layer`'s
