@@ -22,6 +22,7 @@ use crate::exec::{ExecError, StepOutput};
 use crate::kv::BlockId;
 use crate::model::rng::Rng;
 use crate::sched::plan::{StepPlan, WorkItem};
+use std::collections::HashSet;
 
 /// Model sizes the step needs.
 #[derive(Debug, Clone, Copy)]
@@ -175,8 +176,20 @@ impl Gpu {
         }
         self.ev.copies_off.record(&self.offload)?;
         self.ev.copies_rel.record(&self.reload)?;
-        self.compute.wait(&self.ev.copies_off)?;
-        self.compute.wait(&self.ev.copies_rel)?;
+        // Compute waits for the copies only when one of them touches a block this step's
+        // items use; otherwise (reloads of parked sequences, swaps of idle ones) the copies
+        // run beside the whole step, as the scheduler's cost model assumes. The next step
+        // orders itself after them either way (`tail_*`).
+        let touched: HashSet<BlockId> = plan.copies.iter().flat_map(|c| [c.src, c.dst]).collect();
+        let conflict = plan.items.iter().any(|item| {
+            item.layers
+                .iter()
+                .any(|lk| lk.blocks.iter().any(|b| touched.contains(b)))
+        });
+        if conflict {
+            self.compute.wait(&self.ev.copies_off)?;
+            self.compute.wait(&self.ev.copies_rel)?;
+        }
         self.offload.wait(&self.ev.copies_rel)?;
         self.reload.wait(&self.ev.copies_off)?;
         Ok(crossed)
