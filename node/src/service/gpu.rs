@@ -167,9 +167,8 @@ impl GpuWeights {
 /// The `cuda` executor for `model` with `pools` of `layout` (bf16: `dtype_bytes == 2`), and
 /// what `calibrate` made of it first (a cost profile; `|_| Ok(())` for none).
 ///
-/// `calibrate` sees the executor with each step timed until its copies are done: the executor's
-/// own `elapsed` ends when the step's tokens are back, while offloads run on beside the next
-/// step, so a bare copy step would look nearly free.
+/// A step of copies alone returns when its copies are done (the executor waits for them), so
+/// calibration sees real transfer times.
 #[cfg(feature = "cuda")]
 pub fn executor<T, E: From<ServiceError>>(
     model: &ModelConfig,
@@ -184,7 +183,7 @@ pub fn executor<T, E: From<ServiceError>>(
         GpuWeights::Random { seed } => CudaExecutor::random(model, seed, layout, pools),
     };
     let mut exec = built.map_err(|e| E::from(ServiceError::Exec(e)))?;
-    let calibrated = calibrate(&mut synced::Synced(&mut exec))?;
+    let calibrated = calibrate(&mut exec)?;
     Ok((Box::new(exec), calibrated))
 }
 
@@ -199,35 +198,6 @@ pub fn executor<T, E: From<ServiceError>>(
 ) -> Result<(Box<dyn Executor>, T), E> {
     let _ = (model, weights, layout, pools, calibrate);
     Err(ServiceError::CudaNotBuilt.into())
-}
-
-#[cfg(feature = "cuda")]
-mod synced {
-    use crate::exec::cuda::CudaExecutor;
-    use crate::exec::{ExecError, Executor, StepOutput};
-    use crate::sched::plan::StepPlan;
-    use std::time::Instant;
-
-    /// Times each step until every copy it started is done.
-    pub(super) struct Synced<'a>(pub(super) &'a mut CudaExecutor);
-
-    impl Executor for Synced<'_> {
-        fn name(&self) -> &'static str {
-            self.0.name()
-        }
-
-        fn copies_overlap_compute(&self) -> bool {
-            self.0.copies_overlap_compute()
-        }
-
-        fn execute(&mut self, plan: &StepPlan) -> Result<StepOutput, ExecError> {
-            let started = Instant::now();
-            let mut out = self.0.execute(plan)?;
-            self.0.synchronize()?;
-            out.elapsed = started.elapsed();
-            Ok(out)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -102,6 +102,8 @@ pub(crate) struct Gpu {
     pub(crate) dims: Dims,
     /// When the current step began (`STRATA_CUDA_TRACE` reports host enqueue time against it).
     pub(crate) step_started: std::time::Instant,
+    /// `STRATA_CUDA_TRACE` was set at start: report each step's enqueue and GPU time.
+    pub(crate) trace: bool,
 }
 
 /// Positions `start_pos .. start_pos + tokens` need this many blocks.
@@ -521,7 +523,7 @@ impl Gpu {
         self.ev.tail_rel.record(&self.reload)?;
         let queued = std::time::Instant::now();
         c.sync("running the step")?;
-        if std::env::var_os("STRATA_CUDA_TRACE").is_some() {
+        if self.trace {
             eprintln!(
                 "cuda step: {rows} rows, {} items: queued in {:?}, GPU done {:?} later",
                 items.len(),

@@ -208,6 +208,7 @@ impl CudaExecutor {
             ev: Events::new(cfg.num_layers)?,
             dims,
             step_started: Instant::now(),
+            trace: std::env::var_os("STRATA_CUDA_TRACE").is_some(),
             compute,
             k,
         };
