@@ -11,6 +11,8 @@
 //!   from a cost profile) implementations.
 //! - [`engine`] — the [`engine::Engine`]: scheduler + block manager + executor, stepped by a
 //!   clock it is given.
+//! - [`pipeline`] — pipeline-parallel instances: the driver's `PipelineExecutor`, stage
+//!   workers, and the `Stage` stream that chains them.
 //! - [`service`] — the QUIC node service: `NodeConfig`, the engine on its own thread as an
 //!   actor, request and subscription streams, clean shutdown.
 
@@ -18,5 +20,6 @@ pub mod engine;
 pub mod exec;
 pub mod kv;
 pub mod model;
+pub mod pipeline;
 pub mod sched;
 pub mod service;

@@ -118,6 +118,11 @@ impl Engine {
     /// Runs one step starting at `now`. Events carry the time the step ended
     /// (`now + elapsed`), admissions the time it started.
     pub fn step(&mut self, now: Duration) -> StepReport {
+        let mut lost = Vec::new();
+        if let Some(why) = self.exec.take_kv_lost() {
+            lost = self.sched.handle_kv_lost(&why, &mut self.kv, now);
+            self.kv.drop_cache();
+        }
         let plan = self.sched.poll_plan(&mut self.kv, now);
         let mut report = StepReport {
             prefills: plan
@@ -137,7 +142,9 @@ impl Engine {
             })
             .count();
         if plan.is_empty() {
-            report.events = self.sched.poll_events();
+            report.events = lost;
+            report.events.extend(self.sched.poll_events());
+            report.kv_events = self.kv.poll_events();
             return report;
         }
         match self.exec.execute(&plan) {
@@ -152,6 +159,10 @@ impl Engine {
                     .sched
                     .handle_failure(&plan, &e.to_string(), &mut self.kv, now);
             }
+        }
+        if !lost.is_empty() {
+            lost.append(&mut report.events);
+            report.events = lost;
         }
         debug_assert_eq!(self.kv.validate(), Ok(()));
         report.kv_events = self.kv.poll_events();

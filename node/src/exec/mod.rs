@@ -53,6 +53,56 @@ pub enum ExecError {
     Device(String),
 }
 
+/// What enters a pipeline stage's forward pass: token ids (the first stage embeds them) or the
+/// activations the previous stage produced, `[rows, hidden]` f32, rows in item order (every
+/// token of every item).
+#[derive(Debug, Clone, Copy)]
+pub enum StageInput<'a> {
+    Tokens,
+    Hidden(&'a [f32]),
+}
+
+/// What leaves a pipeline stage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageOutput {
+    /// `[rows, hidden]` activations for the next stage.
+    Hidden(Vec<f32>),
+    /// The last stage: one sampled token per item and the logits asked for (as in
+    /// [`StepOutput`]).
+    Sampled {
+        tokens: Vec<(SeqId, u32)>,
+        logits: Vec<(SeqId, Vec<f32>)>,
+    },
+}
+
+/// Runs one pipeline stage's layers of step plans. A plan's items carry one table per layer
+/// *slot*: slot `j` is this stage's `j`-th layer (see [`pipeline`](crate::pipeline)); the
+/// plan's copies run first, on this stage's own pools.
+pub trait StageExecutor: Send {
+    /// `cpu`, `cuda`.
+    fn name(&self) -> &'static str;
+
+    /// The model's layers this stage computes.
+    fn layers(&self) -> std::ops::Range<usize>;
+
+    /// Width of the activations between stages.
+    fn hidden_size(&self) -> usize;
+
+    /// See [`Executor::copies_overlap_compute`].
+    fn copies_overlap_compute(&self) -> bool;
+
+    /// Drops every block's contents and allocates pools of `pools` sizes (a new chain).
+    fn reset_pools(&mut self, pools: PoolSizes) -> Result<(), ExecError>;
+
+    /// Runs the plan's copies, then its items through this stage's layers. Returns the output
+    /// and the bytes moved between tiers.
+    fn run_stage(
+        &mut self,
+        plan: &StepPlan,
+        input: StageInput<'_>,
+    ) -> Result<(StageOutput, u64), ExecError>;
+}
+
 /// Runs step plans. Implementations own the KV memory of every tier.
 pub trait Executor: Send {
     /// `cpu`, `sim`, `cuda`.
@@ -64,6 +114,12 @@ pub trait Executor: Send {
 
     /// Runs one step.
     fn execute(&mut self, plan: &StepPlan) -> Result<StepOutput, ExecError>;
+
+    /// `Some(why)` once after the executor lost the KV memory behind its blocks (a pipeline
+    /// stage restarted): every sequence holding blocks must fail and cached blocks be dropped.
+    fn take_kv_lost(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// The plan's copies as runs `(first copy, n)` of `n` consecutive blocks on both sides, each one

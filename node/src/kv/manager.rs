@@ -478,6 +478,26 @@ impl BlockManager {
         done
     }
 
+    /// Forgets every cached block on every tier without demoting any: the memory behind them
+    /// was lost (a pipeline stage restarted). Returns how many blocks were dropped.
+    pub fn drop_cache(&mut self) -> usize {
+        let mut dropped = 0;
+        for tier in [Tier::Gpu, Tier::Host] {
+            while let Some(victim) = self.pools[tier.index()].lru_oldest() {
+                if let Some(key) = self.pools[tier.index()].drop_cached(victim) {
+                    self.index.remove(&key);
+                    self.events.push(KvEvent::Removed {
+                        tier,
+                        hash: key.hash,
+                        layer: key.layer,
+                    });
+                }
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
     /// The state of a block, for tests and reports.
     pub fn block_refs(&self, b: BlockId) -> u32 {
         self.pools[b.tier.index()].refs(b.index)

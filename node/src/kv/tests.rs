@@ -162,6 +162,38 @@ fn eviction_demotes_gpu_cache_to_host_then_drops() {
 }
 
 #[test]
+fn a_lost_cache_is_dropped_without_demotion() {
+    let mut kv = BlockManager::new(layout(), 64, 64);
+    let mut sh = Shadow::default();
+    let a: Vec<u32> = (0..8).collect();
+    prefill(&mut kv, &mut sh, id(1), &a, |_| Tier::Gpu).unwrap();
+    prefill(
+        &mut kv,
+        &mut sh,
+        id(2),
+        &(50..58).collect::<Vec<_>>(),
+        |l| {
+            if l == 1 { Tier::Host } else { Tier::Gpu }
+        },
+    )
+    .unwrap();
+    kv.free(id(1)).unwrap();
+    kv.free(id(2)).unwrap();
+    kv.poll_events();
+    let cached = kv.cached_blocks(Tier::Gpu) + kv.cached_blocks(Tier::Host);
+    assert_eq!(cached, 4 * LAYERS);
+    assert_eq!(kv.drop_cache(), cached);
+    kv.validate().unwrap();
+    assert_eq!(kv.free_blocks(Tier::Gpu), 64);
+    assert_eq!(kv.free_blocks(Tier::Host), 64);
+    assert!(kv.poll_copies().is_empty(), "nothing is demoted");
+    let removed = kv.poll_events();
+    assert_eq!(removed.len(), cached);
+    assert!(removed.iter().all(|e| matches!(e, KvEvent::Removed { .. })));
+    assert_eq!(kv.peek_prefix(&a, 0).blocks(), 0);
+}
+
+#[test]
 fn offload_and_reload_move_data_and_keys() {
     let mut kv = BlockManager::new(layout(), 16, 16);
     let mut sh = Shadow::default();

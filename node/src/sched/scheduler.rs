@@ -623,6 +623,20 @@ impl Scheduler {
         self.poll_events()
     }
 
+    /// Fails every sequence that holds KV (the running set): the executor lost the memory
+    /// behind its blocks. Waiting requests stay queued.
+    pub fn handle_kv_lost(
+        &mut self,
+        error: &str,
+        kv: &mut BlockManager,
+        now: Duration,
+    ) -> Vec<Event> {
+        for seq in self.running.clone() {
+            self.finish(seq, FinishReason::Error(error.to_string()), kv, now);
+        }
+        self.poll_events()
+    }
+
     /// Fails every sequence of a step that could not run.
     pub fn handle_failure(
         &mut self,

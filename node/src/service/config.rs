@@ -19,6 +19,15 @@
 //!
 //! [scheduler]
 //! mode = "layerwise"          # layerwise | baseline
+//!
+//! # One stage of a pipeline-parallel instance (absent: the node serves the whole model).
+//! # The stage with layers from 0 is the driver; give every stage of a chain the same model,
+//! # seed, gpu_mib, host_mib, block_tokens and scheduler settings, and start the last first.
+//! [stage]
+//! layers = [0, 16]            # first layer, end (exclusive)
+//! next = "10.0.0.12:7001"     # the next stage; absent on the last stage
+//! next_member = "node-1-s1"   # its certificate's member name (required with next)
+//! micro_batches = 2           # driver only: micro-batches per step (default: the stages)
 //! ```
 
 use crate::sched::{Mode, SchedulerConfig, StreamDecode};
@@ -137,6 +146,14 @@ pub struct Limits {
     pub shutdown_grace_ms: u64,
     /// Largest `logprobs` a request may ask for.
     pub max_logprobs: u8,
+    /// Largest frame on a pipeline's `Stage` stream (a micro-batch's activations), bytes.
+    pub max_stage_frame_bytes: usize,
+    /// How long a pipeline driver waits for its chain of stages at start, and a stage for
+    /// the next one to answer `StageOpen`, ms.
+    pub stage_open_timeout_ms: u64,
+    /// How long a driver waits for a step's tokens from the chain before it fails the step
+    /// and reopens the chain, ms.
+    pub stage_step_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -148,7 +165,38 @@ impl Default for Limits {
             first_frame_timeout_ms: 10_000,
             shutdown_grace_ms: 5_000,
             max_logprobs: 20,
+            max_stage_frame_bytes: 256 << 20,
+            stage_open_timeout_ms: 120_000,
+            stage_step_timeout_ms: 120_000,
         }
+    }
+}
+
+/// This node's place in a pipeline-parallel instance (see [`pipeline`](crate::pipeline)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSettings {
+    /// `[first, end)` of the model's layers this node computes.
+    pub layers: [usize; 2],
+    /// The next stage's QUIC address; `None` on the last stage.
+    #[serde(default)]
+    pub next: Option<SocketAddr>,
+    /// The next stage's certificate member name, checked on connect.
+    #[serde(default)]
+    pub next_member: Option<String>,
+    /// Driver only: micro-batches a step is cut into; `None`: one per stage.
+    #[serde(default)]
+    pub micro_batches: Option<usize>,
+}
+
+impl StageSettings {
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.layers[0]..self.layers[1]
+    }
+
+    /// The first stage of its chain: it runs the scheduler and serves requests.
+    pub fn is_driver(&self) -> bool {
+        self.layers[0] == 0
     }
 }
 
@@ -191,6 +239,8 @@ pub struct NodeConfig {
     /// The address routers dial to reach this node; `None`: the bound listen address (so a
     /// node that listens on `0.0.0.0` and registers must set it).
     pub advertise: Option<SocketAddr>,
+    /// A stage of a pipeline; `None`: the whole model on this node.
+    pub stage: Option<StageSettings>,
 }
 
 impl Default for NodeConfig {
@@ -212,6 +262,7 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             routers: Vec::new(),
             advertise: None,
+            stage: None,
         }
     }
 }
@@ -242,6 +293,9 @@ pub enum ConfigError {
         min: u64,
         max: u64,
     },
+    /// A `[stage]` section that cannot describe a pipeline stage.
+    #[error("stage: {0}")]
+    Stage(String),
     /// The address routers would be told to dial cannot be dialled: its IP is unspecified
     /// (`0.0.0.0`, `::`) or its port is 0.
     #[error(
@@ -344,6 +398,47 @@ impl NodeConfig {
         Ok(())
     }
 
+    fn check_stage(&self) -> Result<(), ConfigError> {
+        let Some(st) = &self.stage else {
+            return Ok(());
+        };
+        let bad = |m: String| Err(ConfigError::Stage(m));
+        let [first, end] = st.layers;
+        if first >= end {
+            return bad(format!(
+                "layers = [{first}, {end}] is empty; write [first, end)"
+            ));
+        }
+        match (&st.next, &st.next_member) {
+            (Some(_), None) => {
+                return bad("next needs next_member (its certificate's member name)".into());
+            }
+            (None, Some(_)) => return bad("next_member without next".into()),
+            (Some(_), Some(m)) => check_name("stage.next_member", m)?,
+            (None, None) if first == 0 => {
+                return bad(
+                    "the driver (layers from 0) needs next: a pipeline has two or more stages"
+                        .into(),
+                );
+            }
+            (None, None) => {}
+        }
+        if let Some(m) = st.micro_batches {
+            check_range(
+                "stage.micro_batches",
+                m as u64,
+                (1, crate::pipeline::driver::MAX_MICRO_BATCHES as u64),
+            )?;
+        }
+        if self.executor != ExecutorKind::Cpu {
+            return bad(format!(
+                "pipeline stages run on the cpu executor; {} stages are not supported yet",
+                self.executor.name()
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks every field that can be checked without the filesystem.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_name("id", &self.id)?;
@@ -362,7 +457,13 @@ impl NodeConfig {
             MAX_FRAME_BYTES,
         )?;
         check_range("routers", self.routers.len() as u64, ROUTERS)?;
+        check_range(
+            "limits.max_stage_frame_bytes",
+            self.limits.max_stage_frame_bytes as u64,
+            MAX_FRAME_BYTES,
+        )?;
         self.check_advertise()?;
+        self.check_stage()?;
         let s = &self.scheduler;
         for (field, v) in [
             ("gpu_mib", self.gpu_mib.unwrap_or(1)),

@@ -10,6 +10,9 @@
 //!   cache changes on a `broadcast` channel.
 //! - `server` accepts connections and streams within [`Limits`](config::Limits), and reads the
 //!   first frame of each stream: `Generate` goes to `request`, `Subscribe` to `report`.
+//! - `stage_setup` and `stage_server` are a pipeline stage's part: a driver opens its chain
+//!   of stages before its engine starts; a worker (a later stage) serves `Stage` streams and
+//!   subscriptions instead of requests.
 //! - [`register`] registers the node with the control plane when `routers` is set, and
 //!   reports where that stands as a [`RegistrationState`].
 //! - [`NodeService`] is the running service: its address, its registration, and a clean
@@ -31,11 +34,15 @@ mod report;
 mod request;
 mod server;
 pub mod setup;
+mod stage_server;
+mod stage_setup;
 
-pub use config::{ConfigError, ExecutorKind, Limits, NodeConfig, SchedSettings, TlsConfig};
+pub use config::{
+    ConfigError, ExecutorKind, Limits, NodeConfig, SchedSettings, StageSettings, TlsConfig,
+};
 pub use register::RegistrationState;
 pub use server::NodeService;
-pub use setup::{Prepared, prepare};
+pub use setup::{Prepared, Role, prepare};
 
 /// Application error codes the node closes streams and connections with.
 pub mod codes {
@@ -130,6 +137,9 @@ pub enum ServiceError {
         addr: std::net::SocketAddr,
         reason: String,
     },
+    /// A pipeline stage could not start: its chain, its layers or its peers.
+    #[error("pipeline: {0}")]
+    Pipeline(String),
     /// The engine thread could not start, or panicked.
     #[error("engine thread: {0}")]
     EngineThread(String),

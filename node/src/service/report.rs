@@ -76,7 +76,7 @@ impl Reporter<'_> {
 
 /// Ends when the peer finishes, resets or sends anything on its side: why, and the code to
 /// reset the stream with when the peer broke the protocol.
-async fn peer_gone(recv: &mut RecvStream, limit: usize) -> (String, Option<u32>) {
+pub(crate) async fn peer_gone(recv: &mut RecvStream, limit: usize) -> (String, Option<u32>) {
     match frame::read_frame(recv, limit).await {
         Ok(None) => ("finished its side".into(), None),
         Ok(Some(m)) => (

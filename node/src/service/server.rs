@@ -13,7 +13,8 @@
 use super::config::Limits;
 use super::engine_loop::{self, EngineHandle};
 use super::register::{Registrar, RegistrationState};
-use super::setup::Prepared;
+use super::setup::{Prepared, Role};
+use super::stage_server::StageShared;
 use super::{ServiceError, codes, report, request};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use std::net::SocketAddr;
@@ -30,6 +31,19 @@ use tokio_util::task::TaskTracker;
 /// How long shutdown waits for request streams to flush after their requests ended, and for
 /// peers to acknowledge the endpoint's close.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+
+/// A service's streams: what the accept loop hands each new stream to.
+pub(crate) trait Serve: Send + Sync + 'static {
+    fn limits(&self) -> &Limits;
+    fn shutdown(&self) -> &CancellationToken;
+    /// Serves one bidirectional stream of a connection from `peer`.
+    fn serve_stream(
+        self: Arc<Self>,
+        send: SendStream,
+        recv: RecvStream,
+        peer: Option<tls::PeerIdentity>,
+    ) -> impl std::future::Future<Output = ()> + Send;
+}
 
 /// What every stream task needs.
 pub(crate) struct Shared {
@@ -119,8 +133,9 @@ fn server_config(p: &Prepared) -> Result<quinn::ServerConfig, ServiceError> {
 }
 
 impl Prepared {
-    /// Binds the endpoint, starts the engine thread and serves until `shutdown` is cancelled.
-    /// Must run inside a tokio runtime.
+    /// Binds the endpoint, starts the engine thread (or, on a pipeline stage worker, the
+    /// stage service) and serves until `shutdown` is cancelled. Must run inside a tokio
+    /// runtime.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<NodeService, ServiceError> {
         let addr = self.config.listen;
         let bind = |e: &dyn std::fmt::Display| ServiceError::Bind {
@@ -131,8 +146,37 @@ impl Prepared {
         endpoint.set_default_client_config(self.identity.client_config()?);
         let local = endpoint.local_addr().map_err(|e| bind(&e))?;
         let registration = registration(&self, local);
+        let registrar = Registrar {
+            endpoint: endpoint.clone(),
+            routers: self.config.routers.clone(),
+            registration,
+            max_frame_bytes: self.config.limits.max_frame_bytes,
+        };
         let realtime = self.config.executor == super::ExecutorKind::Sim;
-        let (engine, thread) = engine_loop::spawn(self.engine, realtime, &self.config.id)
+        let engine = match self.role {
+            Role::Engine(engine) => *engine,
+            Role::Stage(worker) => {
+                let shared = Arc::new(StageShared {
+                    info: self.info.clone(),
+                    limits: self.config.limits.clone(),
+                    load_report_ms: self.config.load_report_ms,
+                    worker,
+                    shutdown: shutdown.clone(),
+                    started: std::time::Instant::now(),
+                });
+                tracing::info!(node = %self.info.node, model = %self.info.model, %local, "serving a pipeline stage");
+                let (registration, registering) = registrar.spawn(shutdown.clone());
+                let done = tokio::spawn(run_stage(endpoint, shared, registering));
+                return Ok(NodeService {
+                    addr: local,
+                    info: self.info,
+                    registration,
+                    shutdown,
+                    done,
+                });
+            }
+        };
+        let (engine, thread) = engine_loop::spawn(engine, realtime, &self.config.id)
             .map_err(|e| ServiceError::EngineThread(e.to_string()))?;
         let shared = Arc::new(Shared {
             info: self.info.clone(),
@@ -144,12 +188,6 @@ impl Prepared {
             requests: TaskTracker::new(),
         });
         tracing::info!(node = %self.info.node, model = %self.info.model, %local, "serving");
-        let registrar = Registrar {
-            endpoint: endpoint.clone(),
-            routers: self.config.routers.clone(),
-            registration,
-            max_frame_bytes: self.config.limits.max_frame_bytes,
-        };
         let (registration, registering) = registrar.spawn(shutdown.clone());
         let done = tokio::spawn(run(endpoint, shared, thread, registering));
         Ok(NodeService {
@@ -229,11 +267,53 @@ async fn run(
     Ok(())
 }
 
-async fn accept_loop(endpoint: &Endpoint, shared: &Arc<Shared>, connections: &TaskTracker) {
-    let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
+/// A stage worker's service until `shutdown`: no new connections, registration stopped, the
+/// endpoint closed (chains and subscriptions end with it).
+async fn run_stage(
+    endpoint: Endpoint,
+    shared: Arc<StageShared>,
+    registering: Option<JoinHandle<()>>,
+) -> Result<(), ServiceError> {
+    let connections = TaskTracker::new();
+    accept_loop(&endpoint, &shared, &connections).await;
+    endpoint.set_server_config(None);
+    if let Some(task) = registering
+        && let Err(e) = task.await
+    {
+        tracing::warn!("registration task: {e}");
+    }
+    endpoint.close(VarInt::from_u32(codes::SHUTDOWN), b"node shutting down");
+    let _ = tokio::time::timeout(SHUTDOWN_FLUSH, endpoint.wait_idle()).await;
+    connections.close();
+    let _ = tokio::time::timeout(SHUTDOWN_FLUSH, connections.wait()).await;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+impl Serve for Shared {
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    async fn serve_stream(
+        self: Arc<Self>,
+        send: SendStream,
+        recv: RecvStream,
+        _peer: Option<tls::PeerIdentity>,
+    ) {
+        stream(send, recv, self).await
+    }
+}
+
+async fn accept_loop<S: Serve>(endpoint: &Endpoint, shared: &Arc<S>, connections: &TaskTracker) {
+    let slots = Arc::new(Semaphore::new(shared.limits().max_connections));
     loop {
         let incoming = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.shutdown().cancelled() => return,
             incoming = endpoint.accept() => match incoming {
                 Some(i) => i,
                 None => return,
@@ -242,7 +322,7 @@ async fn accept_loop(endpoint: &Endpoint, shared: &Arc<Shared>, connections: &Ta
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(
                 peer = %incoming.remote_address(),
-                limit = shared.limits.max_connections,
+                limit = shared.limits().max_connections,
                 "connection limit reached; refusing"
             );
             incoming.refuse();
@@ -260,15 +340,16 @@ async fn accept_loop(endpoint: &Endpoint, shared: &Arc<Shared>, connections: &Ta
     }
 }
 
-async fn connection(conn: Connection, shared: Arc<Shared>) {
+async fn connection<S: Serve>(conn: Connection, shared: Arc<S>) {
     let peer = conn.remote_address();
+    let identity = tls::peer_identity(&conn);
     tracing::debug!(%peer, "connected");
     let streams = TaskTracker::new();
     let why = loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 let shared = shared.clone();
-                streams.spawn(stream(send, recv, shared));
+                streams.spawn(shared.serve_stream(send, recv, identity.clone()));
             }
             Err(e) => break e,
         }

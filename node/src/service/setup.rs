@@ -39,10 +39,18 @@ pub const SIM_HOST_MIB: u64 = 256 << 10;
 /// Layer parameters past which the cpu executor is refused.
 pub const CPU_MAX_LAYER_PARAMS: usize = 2_000_000_000;
 
+/// What a prepared node runs.
+pub enum Role {
+    /// An engine: a whole model, or the driver of a pipeline.
+    Engine(Box<Engine>),
+    /// A pipeline stage after the first: no scheduler, its layers for the driver's chain.
+    Stage(std::sync::Arc<crate::pipeline::worker::StageWorker>),
+}
+
 /// An engine built from a config, with what the service reports about it.
 pub struct Prepared {
     pub config: NodeConfig,
-    pub engine: Engine,
+    pub role: Role,
     pub info: NodeInfo,
     pub cost: CostProfile,
     pub identity: Identity,
@@ -244,7 +252,9 @@ pub fn prepare(cfg: NodeConfig, mut progress: impl FnMut(&str)) -> Result<Prepar
         ExecutorKind::Cpu => 4,
         ExecutorKind::Sim | ExecutorKind::Cuda => 2,
     };
-    let layout = KvLayout::for_model(&model, cfg.block_tokens, dtype_bytes);
+    let mut layout = KvLayout::for_model(&model, cfg.block_tokens, dtype_bytes);
+    // A stage's own layers; a driver's engine accounts for the chain's layer slots.
+    let layers = cfg.stage.as_ref().map_or(layers, |st| st.range().len());
     let max_seq = cfg
         .scheduler
         .max_seq_tokens
@@ -283,6 +293,45 @@ pub fn prepare(cfg: NodeConfig, mut progress: impl FnMut(&str)) -> Result<Prepar
             let exec = SimExecutor::new(cost, layout, model.vocab_size as u32, cfg.seed);
             (Box::new(exec), cost)
         }
+        ExecutorKind::Cpu if cfg.stage.is_some() => {
+            let st = cfg.stage.clone().expect("checked by the guard");
+            if !st.is_driver() {
+                let worker = super::stage_setup::worker(
+                    &cfg,
+                    &st,
+                    &source,
+                    &model,
+                    layout,
+                    pools,
+                    &identity,
+                    &mut progress,
+                )?;
+                let info = node_info(&cfg, &model, layout, pools, max_seq, st.range().len());
+                return Ok(Prepared {
+                    config: cfg,
+                    role: Role::Stage(worker),
+                    info,
+                    cost: CostProfile::default(),
+                    identity,
+                    gpu_mib,
+                    host_mib,
+                    gpu,
+                });
+            }
+            let (mut exec, slots) = super::stage_setup::driver(
+                &cfg,
+                &st,
+                &source,
+                &model,
+                layout,
+                pools,
+                &identity,
+                &mut progress,
+            )?;
+            layout.layers = slots;
+            let cost = cost_profile(&cfg, &model, layout, pools, Some(&mut exec), &mut progress)?;
+            (Box::new(exec), cost)
+        }
         ExecutorKind::Cpu => {
             let params = layer_params(&model);
             if params > CPU_MAX_LAYER_PARAMS {
@@ -305,24 +354,12 @@ pub fn prepare(cfg: NodeConfig, mut progress: impl FnMut(&str)) -> Result<Prepar
             })?
         }
     };
-    let sched = scheduler_config(&cfg, max_seq, staging, pools.gpu_blocks, layers);
+    let sched = scheduler_config(&cfg, max_seq, staging, pools.gpu_blocks, layout.layers);
     let engine = Engine::new(EngineConfig { sched, pools }, layout, cost, exec)?;
-    let info = NodeInfo {
-        node: cfg.id.clone(),
-        model: cfg.model_name(),
-        executor: cfg.executor.name().into(),
-        vocab_size: model.vocab_size as u32,
-        num_layers: layers as u32,
-        max_seq_tokens: max_seq as u32,
-        block_tokens: cfg.block_tokens as u32,
-        block_bytes,
-        gpu_blocks: pools.gpu_blocks as u64,
-        host_blocks: pools.host_blocks as u64,
-        eos_tokens: model.eos_token_ids.clone(),
-    };
+    let info = node_info(&cfg, &model, layout, pools, max_seq, layout.layers);
     Ok(Prepared {
         config: cfg,
-        engine,
+        role: Role::Engine(Box::new(engine)),
         info,
         cost,
         identity,
@@ -330,6 +367,31 @@ pub fn prepare(cfg: NodeConfig, mut progress: impl FnMut(&str)) -> Result<Prepar
         host_mib,
         gpu,
     })
+}
+
+/// What the node announces: `layers` are the layers its KV accounting has (a pipeline
+/// driver's layer slots; a worker's own layers).
+fn node_info(
+    cfg: &NodeConfig,
+    model: &ModelConfig,
+    layout: KvLayout,
+    pools: PoolSizes,
+    max_seq: usize,
+    layers: usize,
+) -> NodeInfo {
+    NodeInfo {
+        node: cfg.id.clone(),
+        model: cfg.model_name(),
+        executor: cfg.executor.name().into(),
+        vocab_size: model.vocab_size as u32,
+        num_layers: layers as u32,
+        max_seq_tokens: max_seq as u32,
+        block_tokens: cfg.block_tokens as u32,
+        block_bytes: layout.block_bytes(),
+        gpu_blocks: pools.gpu_blocks as u64,
+        host_blocks: pools.host_blocks as u64,
+        eos_tokens: model.eos_token_ids.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -5,12 +5,14 @@
 //! - [`cost`] — the fitted per-layer cost model of a node (`CostProfile`).
 //! - [`kv`] — prefix-cache block hashes (the chain nodes store under and routers look up).
 //! - [`msg`] — the messages of node ↔ router streams (`Message`).
+//! - [`stage`] — the messages of a pipeline's `Stage` stream (driver → stage 1 → … and back).
 
 pub mod cost;
 pub mod ids;
 pub mod kv;
 pub mod msg;
 pub mod slo;
+pub mod stage;
 
 pub use cost::{CostProfile, DecodeCoeffs, PrefillCoeffs, TransferCoeffs};
 pub use ids::RequestId;
@@ -19,3 +21,6 @@ pub use msg::{
     RejectEvent, RejectReason, TokenEvent, WireFinishReason, WireKvEvent, WireSampling,
 };
 pub use slo::{SloClass, SloError};
+pub use stage::{
+    StageOpen, StageReady, StageResult, StageStep, WireBlock, WireLayerKv, WireWorkItem,
+};

@@ -15,6 +15,7 @@
 //!   `Register` and finishes its send side; the router answers one `Registered`, then
 //!   finishes. The router knows who is calling from the node's certificate, not from the
 //!   message.
+//! - **stage** (node → node, down a pipeline's chain): see [`stage`](super::stage).
 
 use super::cost::CostProfile;
 use super::ids::RequestId;
@@ -201,6 +202,11 @@ pub enum Message {
     },
     Register(Registration),
     Registered(RegisterAnswer),
+    /// Pipeline `Stage` stream (see [`stage`](super::stage)).
+    StageOpen(super::stage::StageOpen),
+    StageReady(super::stage::StageReady),
+    StageStep(super::stage::StageStep),
+    StageResult(super::stage::StageResult),
 }
 
 impl Message {
@@ -219,6 +225,10 @@ impl Message {
             Message::Raft { .. } => "Raft",
             Message::Register(_) => "Register",
             Message::Registered(_) => "Registered",
+            Message::StageOpen(_) => "StageOpen",
+            Message::StageReady(_) => "StageReady",
+            Message::StageStep(_) => "StageStep",
+            Message::StageResult(_) => "StageResult",
         }
     }
 }

@@ -5,6 +5,7 @@ use super::attention::{SeqKv, Shape, attention};
 use super::math::{Packed, add_assign, add_bias, matmul, rms_norm, silu_gate};
 use super::simd::Isa;
 use super::store::KvStore;
+use crate::exec::StageInput;
 use crate::model::rope::RopeTable;
 use crate::model::{Matrix, ModelConfig, Weights};
 use crate::sched::plan::WorkItem;
@@ -32,16 +33,20 @@ pub(crate) struct Model {
     vocab: usize,
     eps: f64,
     embed: Matrix,
+    /// The layers `layer_range` of the model; slot `j` of a plan item is layer `start + j`.
     layers: Vec<Layer>,
+    layer_range: std::ops::Range<usize>,
     final_norm: Vec<f32>,
-    output: Packed,
+    /// `None` unless the range ends at the model's last layer (only the last stage samples).
+    output: Option<Packed>,
     rope: RopeTable,
 }
 
 /// What one step's forward pass gives.
 pub(crate) struct Forward {
-    /// `[items, vocab]`: the logits of each item's last position.
-    pub(crate) logits: Vec<f32>,
+    /// The last stage: `[items, vocab]`, the logits of each item's last position. Any other
+    /// stage: `[rows, hidden]`, the activations for the next stage.
+    pub(crate) out: Vec<f32>,
     /// Bytes that staging moved across tiers.
     pub(crate) transfer_bytes: u64,
 }
@@ -115,8 +120,8 @@ impl Layer {
 }
 
 impl Model {
-    /// Checks every tensor's shape against `cfg` and packs the weights. `weights` must hold all
-    /// the model's layers.
+    /// Checks every tensor's shape against `cfg` and packs the weights of `weights.layer_range`
+    /// (all of the model's layers, or one pipeline stage's).
     pub(crate) fn new(
         cfg: &ModelConfig,
         weights: Weights,
@@ -139,10 +144,10 @@ impl Model {
                 "head_dim {d} must be even and positive (RoPE pairs)"
             ));
         }
-        if weights.layer_range != (0..cfg.num_layers) || weights.layers.len() != cfg.num_layers {
+        let range = weights.layer_range.clone();
+        if range.is_empty() || range.end > cfg.num_layers || weights.layers.len() != range.len() {
             return Err(format!(
-                "weights hold layers {:?} ({} of them); the cpu executor needs all {} layers",
-                weights.layer_range,
+                "weights hold layers {range:?} ({} of them) of a {}-layer model",
                 weights.layers.len(),
                 cfg.num_layers
             ));
@@ -151,12 +156,12 @@ impl Model {
         check_len(&weights.final_norm, h, "final_norm")?;
         let output = weights.output();
         check(output, cfg.vocab_size, h, "lm_head")?;
-        let output = Packed::stack(&[output]);
+        let output = (range.end == cfg.num_layers).then(|| Packed::stack(&[output]));
         let layers = weights
             .layers
             .into_iter()
-            .enumerate()
-            .map(|(l, w)| Layer::new(cfg, l, w))
+            .zip(range.clone())
+            .map(|(w, l)| Layer::new(cfg, l, w))
             .collect::<Result<_, _>>()?;
         Ok(Model {
             shape: Shape {
@@ -171,6 +176,7 @@ impl Model {
             eps: cfg.rms_norm_eps,
             embed: weights.embed,
             layers,
+            layer_range: range,
             final_norm: weights.final_norm,
             output,
             rope: RopeTable::new(cfg, cfg.max_position_embeddings),
@@ -186,8 +192,18 @@ impl Model {
         self.vocab
     }
 
-    pub(crate) fn num_layers(&self) -> usize {
-        self.layers.len()
+    /// The model's layers this instance computes.
+    pub(crate) fn layer_range(&self) -> std::ops::Range<usize> {
+        self.layer_range.clone()
+    }
+
+    pub(crate) fn hidden(&self) -> usize {
+        self.hidden
+    }
+
+    /// Whether this instance ends at the model's last layer (and so produces logits).
+    pub(crate) fn is_last(&self) -> bool {
+        self.output.is_some()
     }
 
     fn q_dim(&self) -> usize {
@@ -198,21 +214,52 @@ impl Model {
         self.shape.kv_heads * self.shape.head_dim
     }
 
-    /// Runs `items` (validated against this model and `store`) through every layer.
-    pub(crate) fn forward(&self, isa: Isa, items: &[WorkItem], store: &mut KvStore) -> Forward {
+    /// Runs `items` (validated against this model and `store`) through this instance's layers,
+    /// from `input` (which must be `Tokens` when the range starts at layer 0, and `rows ·
+    /// hidden` activations otherwise).
+    pub(crate) fn forward(
+        &self,
+        isa: Isa,
+        items: &[WorkItem],
+        store: &mut KvStore,
+        input: StageInput<'_>,
+    ) -> Result<Forward, String> {
         let (h, ff) = (self.hidden, self.ff);
         let qkv_w = self.q_dim() + 2 * self.kv_dim();
         let mut row0 = Vec::with_capacity(items.len());
         let mut positions = Vec::new();
-        let mut x = Vec::new();
         for item in items {
             row0.push(positions.len());
-            for (j, &t) in item.tokens.iter().enumerate() {
-                positions.push(item.start_pos + j);
-                x.extend_from_slice(self.embed.row(t as usize));
-            }
+            positions.extend((item.start_pos..).take(item.tokens.len()));
         }
         let rows = positions.len();
+        let mut x = match input {
+            StageInput::Tokens if self.layer_range.start == 0 => {
+                let mut x = Vec::with_capacity(rows * h);
+                for &t in items.iter().flat_map(|i| &i.tokens) {
+                    x.extend_from_slice(self.embed.row(t as usize));
+                }
+                x
+            }
+            StageInput::Hidden(hidden) if self.layer_range.start > 0 => {
+                if hidden.len() != rows * h {
+                    return Err(format!(
+                        "{} activation values for {rows} rows of {h}",
+                        hidden.len()
+                    ));
+                }
+                hidden.to_vec()
+            }
+            StageInput::Tokens => {
+                return Err(format!(
+                    "layers {:?} need the previous stage's activations",
+                    self.layer_range
+                ));
+            }
+            StageInput::Hidden(_) => {
+                return Err("the first stage embeds token ids; it takes no activations".into());
+            }
+        };
         let mut normed = vec![0.0; rows * h];
         let mut qkv = vec![0.0; rows * qkv_w];
         let mut att = vec![0.0; rows * self.q_dim()];
@@ -220,6 +267,7 @@ impl Model {
         let mut gu = vec![0.0; rows * 2 * ff];
         let mut act = vec![0.0; rows * ff];
         let mut transfer_bytes = 0;
+        // Slot `l` of each item's tables is this instance's `l`-th layer.
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, self.eps, &mut normed);
             matmul(isa, &normed, rows, &layer.wqkv, &mut qkv);
@@ -236,6 +284,12 @@ impl Model {
             matmul(isa, &act, rows, &layer.w_down, &mut proj);
             add_assign(&mut x, &proj);
         }
+        let Some(output) = &self.output else {
+            return Ok(Forward {
+                out: x,
+                transfer_bytes,
+            });
+        };
         let mut last = Vec::with_capacity(items.len() * h);
         for (item, &r) in items.iter().zip(&row0) {
             let t = r + item.tokens.len() - 1;
@@ -244,11 +298,11 @@ impl Model {
         let mut last_normed = vec![0.0; last.len()];
         rms_norm(&last, &self.final_norm, self.eps, &mut last_normed);
         let mut logits = vec![0.0; items.len() * self.vocab];
-        matmul(isa, &last_normed, items.len(), &self.output, &mut logits);
-        Forward {
-            logits,
+        matmul(isa, &last_normed, items.len(), output, &mut logits);
+        Ok(Forward {
+            out: logits,
             transfer_bytes,
-        }
+        })
     }
 
     /// Rotates the q and k heads of every `[q | k | v]` row for its position.

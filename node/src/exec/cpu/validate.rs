@@ -9,7 +9,10 @@ use std::collections::HashSet;
 /// What a plan is checked against.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
+    /// Layer entries an item must have: exactly this many, or (a pipeline stage, whose items
+    /// carry the chain's layer slots) at least this many.
     pub(crate) layers: usize,
+    pub(crate) exact_layers: bool,
     pub(crate) vocab: usize,
     /// A sequence holds at most this many positions.
     pub(crate) max_pos: usize,
@@ -95,9 +98,13 @@ fn validate_item(
             s.temperature, s.top_p
         )));
     }
-    if item.layers.len() != lim.layers {
+    let entries_ok = match lim.exact_layers {
+        true => item.layers.len() == lim.layers,
+        false => item.layers.len() >= lim.layers,
+    };
+    if !entries_ok {
         return Err(invalid(format!(
-            "{seq}: {} layer entries for a model of {} layers",
+            "{seq}: {} layer entries for {} layers",
             item.layers.len(),
             lim.layers
         )));
@@ -121,7 +128,7 @@ fn validate_item(
                 )));
             }
         }
-        if lk.staged {
+        if lk.staged && l < staged.len() {
             staged[l] += need;
         }
         for &id in &lk.blocks[first_new..need] {

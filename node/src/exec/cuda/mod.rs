@@ -213,6 +213,7 @@ impl CudaExecutor {
             k,
         };
         let limits = Limits {
+            exact_layers: true,
             layers: cfg.num_layers,
             vocab: cfg.vocab_size,
             max_pos: rope.max_pos(),
