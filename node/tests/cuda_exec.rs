@@ -15,6 +15,7 @@
 //! - [`lossless`] — the engine's greedy tokens identical across `baseline`/`layerwise`, no,
 //!   half or nearly all layers offloaded, reload or streamed decode, chunked prefill.
 //! - [`sampling`] — temperature and top-p draws: seeded, spread, in the nucleus.
+//! - [`stages`] — the model cut into pipeline stages, chained: the tokens of one executor.
 //!
 //! Helpers: [`gpu`] (the guard), [`pair`] (both executors on hand-built plans, teacher
 //! forced), [`scenario`] (the engine runs of `lossless`).
@@ -36,3 +37,5 @@ mod sampling;
 mod scenario;
 #[path = "cuda_exec/staged.rs"]
 mod staged;
+#[path = "cuda_exec/stages.rs"]
+mod stages;

@@ -430,11 +430,8 @@ impl NodeConfig {
                 (1, crate::pipeline::driver::MAX_MICRO_BATCHES as u64),
             )?;
         }
-        if self.executor != ExecutorKind::Cpu {
-            return bad(format!(
-                "pipeline stages run on the cpu executor; {} stages are not supported yet",
-                self.executor.name()
-            ));
+        if self.executor == ExecutorKind::Sim {
+            return bad("pipeline stages run on cpu or cuda, not sim".into());
         }
         Ok(())
     }

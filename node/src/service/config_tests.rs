@@ -241,3 +241,30 @@ fn an_undialable_advertised_address_is_refused() {
         })
     ));
 }
+
+#[test]
+fn stage_sections_are_checked() {
+    let stage = |layers: [usize; 2], next: Option<&str>, member: Option<&str>| NodeConfig {
+        stage: Some(StageSettings {
+            layers,
+            next: next.map(|a| a.parse().unwrap()),
+            next_member: member.map(String::from),
+            micro_batches: None,
+        }),
+        ..NodeConfig::default()
+    };
+    let ok = stage([0, 2], Some("127.0.0.1:7002"), Some("node-1-s1"));
+    assert_eq!(ok.validate(), Ok(()));
+    assert_eq!(stage([2, 4], None, None).validate(), Ok(()));
+    let msg = |c: NodeConfig| c.validate().unwrap_err().to_string();
+    assert!(msg(stage([2, 2], None, None)).contains("empty"));
+    assert!(msg(stage([0, 2], Some("127.0.0.1:7002"), None)).contains("next_member"));
+    assert!(msg(stage([2, 4], None, Some("x"))).contains("without next"));
+    assert!(msg(stage([0, 4], None, None)).contains("two or more stages"));
+    let mut sim = stage([2, 4], None, None);
+    sim.executor = ExecutorKind::Sim;
+    assert!(msg(sim).contains("not sim"));
+    let toml = "[stage]\nlayers = [2, 4]\nnext = \"127.0.0.1:9\"\nnext_member = \"n\"\n";
+    let parsed = NodeConfig::from_toml_str(toml, Path::new("t.toml")).unwrap();
+    assert_eq!(parsed.stage.unwrap().range(), 2..4);
+}

@@ -115,6 +115,53 @@ fn no_gpu(e: crate::exec::ExecError) -> ServiceError {
     ServiceError::NoGpu { reason }
 }
 
+/// One pipeline stage's `cuda` executor: layers `range` of `model`, uploaded from the host
+/// (small models and HF directories) or random bf16 on the device (large presets; drawn per
+/// stage, so not the layers a whole-model executor would draw).
+#[cfg(feature = "cuda")]
+pub fn stage_executor(
+    source: &ModelSource,
+    model: &ModelConfig,
+    range: std::ops::Range<usize>,
+    seed: u64,
+    layout: KvLayout,
+    pools: PoolSizes,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Box<dyn crate::exec::StageExecutor>, ServiceError> {
+    use crate::exec::cuda::CudaExecutor;
+    let large = layer_params(model) > CPU_MAX_LAYER_PARAMS;
+    let exec = if large && matches!(source, ModelSource::Preset(_)) {
+        progress(&format!(
+            "drawing random bf16 weights for layers {}..{} of {source} on the GPU (seed {seed})",
+            range.start, range.end
+        ));
+        CudaExecutor::stage_random(model, range, seed, layout, pools)?
+    } else {
+        progress(&format!(
+            "loading layers {}..{} of {source} on the host",
+            range.start, range.end
+        ));
+        let w = source.load(seed, range)?.weights;
+        CudaExecutor::stage(model, w, layout, pools)?
+    };
+    Ok(Box::new(exec))
+}
+
+/// This strata was built without the `cuda` feature: [`ServiceError::CudaNotBuilt`].
+#[cfg(not(feature = "cuda"))]
+pub fn stage_executor(
+    source: &ModelSource,
+    model: &ModelConfig,
+    range: std::ops::Range<usize>,
+    seed: u64,
+    layout: KvLayout,
+    pools: PoolSizes,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Box<dyn crate::exec::StageExecutor>, ServiceError> {
+    let _ = (source, model, range, seed, layout, pools, progress);
+    Err(ServiceError::CudaNotBuilt)
+}
+
 /// This strata was built without the `cuda` feature: [`ServiceError::CudaNotBuilt`].
 #[cfg(not(feature = "cuda"))]
 pub fn probe(model: &ModelConfig, max_rows: usize) -> Result<GpuProbe, ServiceError> {

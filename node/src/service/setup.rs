@@ -293,7 +293,7 @@ pub fn prepare(cfg: NodeConfig, mut progress: impl FnMut(&str)) -> Result<Prepar
             let exec = SimExecutor::new(cost, layout, model.vocab_size as u32, cfg.seed);
             (Box::new(exec), cost)
         }
-        ExecutorKind::Cpu if cfg.stage.is_some() => {
+        _ if cfg.stage.is_some() => {
             let st = cfg.stage.clone().expect("checked by the guard");
             if !st.is_driver() {
                 let worker = super::stage_setup::worker(

@@ -3,9 +3,9 @@
 //! answers) and builds a [`PipelineExecutor`]; a worker loads its layers and waits for a chain.
 
 use super::ServiceError;
-use super::config::{NodeConfig, StageSettings};
-use crate::exec::PoolSizes;
+use super::config::{ExecutorKind, NodeConfig, StageSettings};
 use crate::exec::cpu::CpuExecutor;
+use crate::exec::{PoolSizes, StageExecutor};
 use crate::kv::KvLayout;
 use crate::model::{ModelConfig, ModelSource};
 use crate::pipeline::link::{ChainState, LinkLimits, NextStage, spawn_driver_link};
@@ -42,6 +42,40 @@ fn client_endpoint(
     Ok(identity.endpoint(any)?)
 }
 
+/// This node's stage executor: its layers of the model on the configured executor, with
+/// `pools` of `layout` (whose `layers` becomes the stage's layer count).
+fn stage_executor(
+    cfg: &NodeConfig,
+    source: &ModelSource,
+    model: &ModelConfig,
+    range: std::ops::Range<usize>,
+    layout: KvLayout,
+    pools: PoolSizes,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Box<dyn StageExecutor>, ServiceError> {
+    let layout = KvLayout {
+        layers: range.len(),
+        ..layout
+    };
+    match cfg.executor {
+        ExecutorKind::Cpu => {
+            progress(&format!(
+                "loading layers {}..{} of {}",
+                range.start, range.end, cfg.model
+            ));
+            let loaded = source.load(cfg.seed, range)?;
+            let exec = CpuExecutor::stage(&loaded.config, loaded.weights, layout, pools)?;
+            Ok(Box::new(exec))
+        }
+        ExecutorKind::Cuda => {
+            super::gpu::stage_executor(source, model, range, cfg.seed, layout, pools, progress)
+        }
+        ExecutorKind::Sim => Err(pipeline(
+            "pipeline stages run on cpu or cuda, not sim".into(),
+        )),
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Handle, ServiceError> {
     tokio::runtime::Handle::try_current().map_err(|_| {
         pipeline("a pipeline stage must be prepared inside a tokio runtime (spawn_blocking)".into())
@@ -74,11 +108,7 @@ pub(super) fn driver(
         ));
     };
     let rt = runtime()?;
-    progress(&format!(
-        "loading layers {}..{} of {}",
-        range.start, range.end, cfg.model
-    ));
-    let loaded = source.load(cfg.seed, range.clone())?;
+    let local = stage_executor(cfg, source, model, range.clone(), layout, pools, progress)?;
     let open = StageOpen {
         model: cfg.model_name(),
         model_layers: layers as u32,
@@ -167,14 +197,9 @@ pub(super) fn driver(
         chain.stages(),
         chain.slots()
     ));
-    let layout = KvLayout {
-        layers: chain.slots(),
-        ..layout
-    };
-    let local = CpuExecutor::stage(&loaded.config, loaded.weights, layout, pools)?;
     let micro = st.micro_batches.unwrap_or(chain.stages().len());
     let exec = PipelineExecutor::new(
-        Box::new(local),
+        local,
         link,
         micro,
         cfg.limits.max_stage_frame_bytes,
@@ -204,21 +229,8 @@ pub(super) fn worker(
         )));
     }
     let rt = runtime()?;
-    progress(&format!(
-        "loading layers {}..{} of {}",
-        range.start, range.end, cfg.model
-    ));
-    let loaded = source.load(cfg.seed, range.clone())?;
-    let layout = KvLayout {
-        layers: range.len(),
-        ..layout
-    };
-    let none = PoolSizes {
-        gpu_blocks: 0,
-        host_blocks: 0,
-        staging_blocks: 0,
-    };
-    let exec = CpuExecutor::stage(&loaded.config, loaded.weights, layout, none)?;
+    // Pools at this node's own budget; a chain uses up to them.
+    let exec = stage_executor(cfg, source, model, range, layout, pools, progress)?;
     let endpoint = rt.block_on(async { client_endpoint(identity, cfg.listen) })?;
     let next = st.next.map(|addr| NextStage {
         addr,
@@ -233,5 +245,5 @@ pub(super) fn worker(
         budget: pools,
         limits: link_limits(cfg),
     };
-    Ok(StageWorker::new(wc, Box::new(exec), endpoint))
+    Ok(StageWorker::new(wc, exec, endpoint))
 }

@@ -104,6 +104,10 @@ pub(crate) struct Gpu {
     pub(crate) step_started: std::time::Instant,
     /// `STRATA_CUDA_TRACE` was set at start: report each step's enqueue and GPU time.
     pub(crate) trace: bool,
+    /// A pipeline stage that does not start at layer 0 takes activations, not token ids.
+    pub(crate) embeds: bool,
+    /// A pipeline stage that does not end at the last layer returns activations, not tokens.
+    pub(crate) samples: bool,
 }
 
 /// Positions `start_pos .. start_pos + tokens` need this many blocks.
@@ -197,8 +201,14 @@ impl Gpu {
         Ok(crossed)
     }
 
-    /// Runs a validated plan. Tokens are in plan order.
-    pub(crate) fn step(&mut self, plan: &StepPlan) -> Result<StepOutput, ExecError> {
+    /// Runs a validated plan from token ids (`hidden` is `None`) or, on a later pipeline stage,
+    /// from the previous stage's `[rows, hidden]` activations. Tokens are in plan order; a
+    /// stage that does not sample returns its activations instead.
+    pub(crate) fn step(
+        &mut self,
+        plan: &StepPlan,
+        hidden: Option<&[f32]>,
+    ) -> Result<(StepOutput, Option<Vec<f32>>), ExecError> {
         self.step_started = std::time::Instant::now();
         let d = self.dims;
         let bt = d.block_tokens;
@@ -219,7 +229,7 @@ impl Gpu {
             // elapsed time (what the engine's clock and calibration see) is the transfer's.
             self.offload.sync("copying KV blocks")?;
             self.reload.sync("copying KV blocks")?;
-            return Ok(out);
+            return Ok((out, (!self.samples).then(Vec::new)));
         }
 
         // Rows, tables, attention work lists.
@@ -317,7 +327,31 @@ impl Gpu {
         let c = &self.compute;
         let (h, ff) = (d.hidden, d.ff);
         let scale_log2 = std::f32::consts::LOG2_E / (sh.head_dim as f32).sqrt();
-        k.embed_gather(c, ws.x.ptr(), w.embed.ptr(), m(o_tokens), rows, h as i32)?;
+        match (hidden, self.embeds) {
+            (None, true) => {
+                k.embed_gather(c, ws.x.ptr(), w.embed.ptr(), m(o_tokens), rows, h as i32)?
+            }
+            (Some(x), false) if x.len() == rows * h => {
+                // The previous step ended with a sync: nothing on the GPU reads `x` now.
+                ws.x.upload(x, "stage activations")?
+            }
+            (Some(x), false) => {
+                return Err(ExecError::InvalidPlan(format!(
+                    "{} activation values for {rows} rows of {h}",
+                    x.len()
+                )));
+            }
+            (None, false) => {
+                return Err(ExecError::InvalidPlan(
+                    "a later pipeline stage needs the previous stage's activations".into(),
+                ));
+            }
+            (Some(_), true) => {
+                return Err(ExecError::InvalidPlan(
+                    "the first stage embeds token ids; it takes no activations".into(),
+                ));
+            }
+        }
         let mut staged_layers = vec![false; d.layers];
         for l in 0..d.layers {
             let lw = &w.layers[l];
@@ -486,6 +520,14 @@ impl Gpu {
             )?;
         }
         let n = items.len();
+        if !self.samples {
+            self.ev.tail_off.record(&self.offload)?;
+            self.ev.tail_rel.record(&self.reload)?;
+            c.sync("running the stage")?;
+            let mut x = vec![0f32; rows * h];
+            ws.x.download(&mut x, "stage activations")?;
+            return Ok((out, Some(x)));
+        }
         k.gather_rows(c, ws.last.ptr(), ws.x.ptr(), m(o_last), n, h as i32)?;
         k.rms_norm(
             c,
@@ -555,7 +597,7 @@ impl Gpu {
                     .push((item.seq, logits[i * d.vocab..(i + 1) * d.vocab].to_vec()));
             }
         }
-        Ok(out)
+        Ok((out, None))
     }
 
     fn upload_meta(&mut self, bytes: &[u8]) -> Result<(), ExecError> {

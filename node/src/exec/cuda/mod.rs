@@ -30,7 +30,7 @@ mod kernel_tests;
 pub use peaks::{Peaks, measure_peaks};
 
 use super::cpu::validate::{Limits, validate};
-use super::{ExecError, Executor, PoolSizes, StepOutput};
+use super::{ExecError, Executor, PoolSizes, StageExecutor, StageInput, StageOutput, StepOutput};
 use crate::kv::KvLayout;
 use crate::model::rope::RopeTable;
 use crate::model::{ModelConfig, Weights};
@@ -109,6 +109,11 @@ pub fn reserved_bytes(cfg: &ModelConfig, max_rows: usize) -> u64 {
 pub struct CudaExecutor {
     gpu: Gpu,
     limits: Limits,
+    /// Pools allocated at start (a pipeline stage's chains may use up to these).
+    allocated: PoolSizes,
+    /// The model's layers this executor computes (all, or one pipeline stage's).
+    layer_range: std::ops::Range<usize>,
+    hidden: usize,
     info: DeviceInfo,
     ctx: Arc<CudaContext>,
 }
@@ -156,6 +161,45 @@ impl CudaExecutor {
         pools: PoolSizes,
     ) -> Result<Self, ExecError> {
         Self::build(cfg, Source::Random(seed), layout, pools)
+    }
+
+    /// One pipeline stage: layers `weights.layer_range` of `cfg` from host weights, with
+    /// `pools` of `layout` (whose `layers` is the stage's layer count).
+    pub fn stage(
+        cfg: &ModelConfig,
+        mut weights: Weights,
+        layout: KvLayout,
+        pools: PoolSizes,
+    ) -> Result<Self, ExecError> {
+        let range = weights.layer_range.clone();
+        let stage_cfg = stage_config(cfg, &range)?;
+        weights.layer_range = 0..range.len();
+        let mut exec = Self::build(&stage_cfg, Source::Host(&weights), layout, pools)?;
+        exec.set_stage(cfg, range);
+        Ok(exec)
+    }
+
+    /// One pipeline stage with random bf16 weights drawn on the device (benchmarks; the
+    /// layers are not those a whole-model executor would draw from the same seed).
+    pub fn stage_random(
+        cfg: &ModelConfig,
+        range: std::ops::Range<usize>,
+        seed: u64,
+        layout: KvLayout,
+        pools: PoolSizes,
+    ) -> Result<Self, ExecError> {
+        let stage_cfg = stage_config(cfg, &range)?;
+        let mut exec = Self::build(&stage_cfg, Source::Random(seed), layout, pools)?;
+        exec.set_stage(cfg, range);
+        Ok(exec)
+    }
+
+    fn set_stage(&mut self, cfg: &ModelConfig, range: std::ops::Range<usize>) {
+        self.gpu.embeds = range.start == 0;
+        self.gpu.samples = range.end == cfg.num_layers;
+        self.limits.exact_layers = false;
+        self.allocated = self.limits.pools;
+        self.layer_range = range;
     }
 
     fn build(
@@ -209,6 +253,8 @@ impl CudaExecutor {
             dims,
             step_started: Instant::now(),
             trace: std::env::var_os("STRATA_CUDA_TRACE").is_some(),
+            embeds: true,
+            samples: true,
             compute,
             k,
         };
@@ -222,6 +268,9 @@ impl CudaExecutor {
         };
         Ok(CudaExecutor {
             gpu,
+            allocated: pools,
+            layer_range: 0..cfg.num_layers,
+            hidden: cfg.hidden_size,
             limits,
             info,
             ctx,
@@ -283,8 +332,81 @@ impl Executor for CudaExecutor {
         let started = Instant::now();
         validate(plan, &self.limits)?;
         self.bind()?;
-        let mut out = self.gpu.step(plan)?;
+        let (mut out, _) = self.gpu.step(plan, None)?;
         out.elapsed = started.elapsed();
         Ok(out)
+    }
+}
+
+/// `cfg` cut to the layers of one stage.
+fn stage_config(
+    cfg: &ModelConfig,
+    range: &std::ops::Range<usize>,
+) -> Result<ModelConfig, ExecError> {
+    if range.is_empty() || range.end > cfg.num_layers {
+        return Err(unusable(format!(
+            "layers {range:?} are not a stage of a {}-layer model",
+            cfg.num_layers
+        )));
+    }
+    Ok(ModelConfig {
+        num_layers: range.len(),
+        ..cfg.clone()
+    })
+}
+
+impl StageExecutor for CudaExecutor {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn layers(&self) -> std::ops::Range<usize> {
+        self.layer_range.clone()
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.hidden
+    }
+
+    fn copies_overlap_compute(&self) -> bool {
+        true
+    }
+
+    /// The pools were allocated at start; a chain may use up to them. Blocks keep whatever
+    /// they held: the scheduler never reads a position it has not written.
+    fn reset_pools(&mut self, pools: PoolSizes) -> Result<(), ExecError> {
+        let a = self.allocated;
+        if pools.gpu_blocks > a.gpu_blocks
+            || pools.host_blocks > a.host_blocks
+            || pools.staging_blocks > a.staging_blocks
+        {
+            return Err(unusable(format!(
+                "the stage allocated {a:?} at start; the chain asks for {pools:?}"
+            )));
+        }
+        self.limits.pools = pools;
+        Ok(())
+    }
+
+    fn run_stage(
+        &mut self,
+        plan: &StepPlan,
+        input: StageInput<'_>,
+    ) -> Result<(StageOutput, u64), ExecError> {
+        validate(plan, &self.limits)?;
+        self.bind()?;
+        let hidden = match input {
+            StageInput::Tokens => None,
+            StageInput::Hidden(h) => Some(h),
+        };
+        let (out, x) = self.gpu.step(plan, hidden)?;
+        let output = match x {
+            Some(x) => StageOutput::Hidden(x),
+            None => StageOutput::Sampled {
+                tokens: out.tokens,
+                logits: out.logits,
+            },
+        };
+        Ok((output, out.transfer_bytes))
     }
 }
