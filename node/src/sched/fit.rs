@@ -458,7 +458,7 @@ mod tests {
         ];
         let p = fit_profile(&prefill, &decode, &transfer).unwrap();
         // The model's form misses the GEMMs' falling efficiency past 4k tokens, so no fit is
-        // exact; on absolute error the 512-token points came out +68% and +72%.
+        // exact; on absolute error the 512-token steps came out +63% and +62%.
         for s in &prefill {
             let fit = p.prefill_s(s.n_new, s.n_ctx, s.layers);
             let rel = fit / s.seconds - 1.0;
