@@ -194,6 +194,17 @@ mod tests {
     }
 
     #[test]
+    fn the_first_layers_are_those_of_a_shallower_load() {
+        let src = ModelSource::Preset(Preset::Tiny);
+        let whole = src.load(9, 0..4).expect("load").weights;
+        let cut = whole.first_layers(2);
+        assert_eq!(cut, src.load(9, 0..2).expect("load").weights);
+        assert_eq!(cut.layer_range, 0..2);
+        assert_ne!(cut.layers[1], whole.layers[2]);
+        assert_eq!(whole.first_layers(9), whole);
+    }
+
+    #[test]
     fn preset_loads_random_weights_and_bytes() {
         let src = ModelSource::Preset(Preset::Tiny);
         let cfg = src.config().expect("config");

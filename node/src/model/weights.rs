@@ -126,6 +126,19 @@ fn random_norm(n: usize, rng: &mut Rng) -> Vec<f32> {
 }
 
 impl Weights {
+    /// The first `n` of the layers held (all of them if there are fewer), with the embedding,
+    /// final norm and lm_head: the weights of the model cut to fewer layers, for benchmarks.
+    pub fn first_layers(&self, n: usize) -> Weights {
+        let n = n.min(self.layers.len());
+        Weights {
+            embed: self.embed.clone(),
+            layers: self.layers[..n].to_vec(),
+            layer_range: self.layer_range.start..self.layer_range.start + n,
+            final_norm: self.final_norm.clone(),
+            lm_head: self.lm_head.clone(),
+        }
+    }
+
     /// Seeded random weights for `layer_range` of the model. Each layer draws from its own
     /// stream, so a pipeline stage gets the same layers as the whole model.
     pub fn random(

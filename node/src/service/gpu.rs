@@ -181,14 +181,16 @@ pub enum GpuWeights {
 impl GpuWeights {
     /// Host weights (`source.load`) for a model of at most `CPU_MAX_LAYER_PARAMS` layer
     /// parameters and for any HF directory; random ones on the device for larger presets.
-    /// `progress` hears which, and that a large directory is slow.
+    /// `model` is `source`'s config, or that of its first `model.num_layers` layers (a model
+    /// cut for a benchmark): those are the layers loaded and counted. `progress` hears which,
+    /// and that a large directory is slow.
     pub fn choose(
         source: &ModelSource,
+        model: &ModelConfig,
         seed: u64,
         progress: &mut dyn FnMut(&str),
     ) -> Result<GpuWeights, ModelError> {
-        let model = source.config()?;
-        let params = layer_params(&model);
+        let params = layer_params(model);
         let small = params <= CPU_MAX_LAYER_PARAMS;
         if !small && matches!(source, ModelSource::Preset(_)) {
             progress(&format!(
@@ -208,6 +210,15 @@ impl GpuWeights {
         Ok(GpuWeights::Host(
             source.load(seed, 0..model.num_layers)?.weights,
         ))
+    }
+
+    /// These weights for the first `layers` of the layers they hold (random ones need nothing
+    /// cut: they are drawn for the model they are built with).
+    pub fn first_layers(&self, layers: usize) -> GpuWeights {
+        match self {
+            GpuWeights::Host(w) => GpuWeights::Host(w.first_layers(layers)),
+            GpuWeights::Random { seed } => GpuWeights::Random { seed: *seed },
+        }
     }
 }
 

@@ -347,7 +347,7 @@ pub fn prepare(cfg: NodeConfig, mut progress: impl FnMut(&str)) -> Result<Prepar
             (Box::new(exec), cost)
         }
         ExecutorKind::Cuda => {
-            let weights = GpuWeights::choose(&source, cfg.seed, &mut progress)?;
+            let weights = GpuWeights::choose(&source, &model, cfg.seed, &mut progress)?;
             progress("starting the cuda executor");
             gpu::executor(&model, weights, layout, pools, |exec| {
                 cost_profile(&cfg, &model, layout, pools, Some(exec), &mut progress)

@@ -1,5 +1,6 @@
 //! `strata bench engine`: baseline vs layer-wise on one long-context workload, in-process.
 
+use super::calpoint::CalPoint;
 use super::stats::{ModeReport, StepTotals};
 use super::workload::Workload;
 use anyhow::{Context, bail};
@@ -7,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
-use strata_node::engine::calibrate::{CalibrationPlan, calibrate};
+use strata_node::engine::calibrate::{Calibration, CalibrationPlan, calibrate};
 use strata_node::engine::replay::replay;
 use strata_node::engine::{Engine, EngineConfig};
 use strata_node::exec::cpu::CpuExecutor;
@@ -15,7 +16,7 @@ use strata_node::exec::sim::SimExecutor;
 use strata_node::exec::{Executor, PoolSizes};
 use strata_node::kv::KvLayout;
 use strata_node::model::{ModelConfig, ModelSource, Weights};
-use strata_node::sched::{Mode, SchedulerConfig, StreamDecode, roofline};
+use strata_node::sched::{Mode, SchedulerConfig, StreamDecode, fit, roofline};
 use strata_node::service::gpu::{self, GpuProbe, GpuWeights};
 use strata_transport::proto::{CostProfile, SloClass};
 
@@ -42,6 +43,13 @@ pub struct EngineArgs {
     /// and draws random ones on the GPU for larger presets.
     #[arg(long, default_value = "tiny")]
     model: String,
+    /// Keep only the model's first N layers (with its embedding and lm_head), e.g.
+    /// `--model llama-3-70b --layers 8` on one GPU. Calibration then runs at N and at N/2
+    /// layers, so the step's fixed cost (embedding, lm_head, sampling) is fitted as
+    /// `step_overhead_s` rather than spread over N layers: the per-layer costs it saves apply
+    /// to the whole model's depth.
+    #[arg(long)]
+    layers: Option<usize>,
     /// Requests in the workload (each mode runs the same ones).
     #[arg(long, default_value_t = 60)]
     requests: usize,
@@ -117,6 +125,7 @@ struct Document<'a> {
     executor: ExecKind,
     /// The GPU (`cuda`).
     device: Option<&'a str>,
+    /// The model, with `(N of M layers)` when `--layers` cut it.
     model: &'a str,
     workload: &'a Workload,
     ttft_slo_ms: f64,
@@ -124,14 +133,42 @@ struct Document<'a> {
     gpu_budget_blocks: usize,
     block_bytes: u64,
     cost_profile: &'a CostProfile,
+    /// The points calibration measured (empty when the profile was read or analytic).
+    calibration: &'a [CalPoint],
 }
 
 struct Setup {
+    /// The model as run: `--layers` of it.
     cfg: ModelConfig,
+    /// Layers of the whole model.
+    full_layers: usize,
     weights: ExecWeights,
     layout: KvLayout,
     /// The GPU (`cuda`).
     gpu: Option<GpuProbe>,
+}
+
+impl Setup {
+    /// The same model cut to its first `layers` layers (a second calibration depth).
+    fn with_layers(&self, layers: usize) -> Setup {
+        let cfg = ModelConfig {
+            num_layers: layers,
+            ..self.cfg.clone()
+        };
+        let weights = match &self.weights {
+            ExecWeights::Sim => ExecWeights::Sim,
+            ExecWeights::Cpu(w) => ExecWeights::Cpu(w.first_layers(layers)),
+            ExecWeights::Cuda(w) => ExecWeights::Cuda(w.first_layers(layers)),
+        };
+        let layout = KvLayout::for_model(&cfg, self.layout.block_tokens, self.layout.dtype_bytes);
+        Setup {
+            cfg,
+            full_layers: self.full_layers,
+            weights,
+            layout,
+            gpu: self.gpu.clone(),
+        }
+    }
 }
 
 /// What each run's executor is built from.
@@ -143,20 +180,21 @@ enum ExecWeights {
 
 fn setup(args: &EngineArgs) -> anyhow::Result<Setup> {
     let source: ModelSource = args.model.parse()?;
+    let whole = source.config()?;
+    let full_layers = whole.num_layers;
+    let cfg = super::truncate_layers(whole, args.layers)?;
     let mut gpu = None;
     let (cfg, weights) = match args.executor {
-        ExecKind::Sim => (source.config()?, ExecWeights::Sim),
+        ExecKind::Sim => (cfg, ExecWeights::Sim),
         ExecKind::Cuda => {
             // The GPU first: where there is none, that is the one error to report.
-            let cfg = source.config()?;
             let rows =
                 args.prompt_max.max(MAX_PREFILL_TOKENS) + SchedulerConfig::default().max_batch_seqs;
             gpu = Some(gpu::probe(&cfg, rows)?);
-            let weights = GpuWeights::choose(&source, args.seed, &mut |m| println!("{m}"))?;
+            let weights = GpuWeights::choose(&source, &cfg, args.seed, &mut |m| println!("{m}"))?;
             (cfg, ExecWeights::Cuda(weights))
         }
         ExecKind::Cpu => {
-            let cfg = source.config()?;
             let params = cfg.num_layers
                 * (4 * cfg.hidden_size * cfg.hidden_size
                     + 3 * cfg.hidden_size * cfg.intermediate_size);
@@ -167,7 +205,7 @@ fn setup(args: &EngineArgs) -> anyhow::Result<Setup> {
                 );
             }
             let model = source.load(args.seed, 0..cfg.num_layers)?;
-            (model.config, ExecWeights::Cpu(model.weights))
+            (cfg, ExecWeights::Cpu(model.weights))
         }
     };
     let dtype_bytes = match weights {
@@ -177,6 +215,7 @@ fn setup(args: &EngineArgs) -> anyhow::Result<Setup> {
     let layout = KvLayout::for_model(&cfg, args.block_tokens, dtype_bytes);
     Ok(Setup {
         cfg,
+        full_layers,
         weights,
         layout,
         gpu,
@@ -231,6 +270,7 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
         bail!("nothing to run: give at least one mode and one request");
     }
     let s = setup(&args)?;
+    let label = super::model_label(&args.model, &s.cfg, s.full_layers);
     let layers = s.layout.layers;
     let max_seq = args.prompt_max + args.output_max;
     if max_seq > s.cfg.max_position_embeddings {
@@ -267,21 +307,25 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
             );
         }
     }
+    // A cut model's label already says how many layers run.
+    let depth = if s.cfg.num_layers == s.full_layers {
+        format!(" ({layers} layers)")
+    } else {
+        String::new()
+    };
     println!(
-        "strata bench engine: {} executor, model {} ({layers} layers), GPU budget {budget} blocks of {} KiB \
+        "strata bench engine: {} executor, model {label}{depth}, GPU budget {budget} blocks of {} KiB \
          = {:.1} longest requests",
         format!("{:?}", args.executor).to_lowercase(),
-        args.model,
         s.layout.block_bytes() / 1024,
         args.gpu_budget
     );
 
-    let cost = profile(&args, &s)?;
+    let (cost, calibration) = profile(&args, &s)?;
     if let Some(path) = &args.save_profile {
         let text = format!(
-            "# Cost profile of the {:?} executor for {}, written by `strata bench engine --save-profile`.\n{}",
+            "# Cost profile of the {:?} executor for {label}, written by `strata bench engine --save-profile`.\n{}",
             args.executor,
-            args.model,
             toml::to_string(&cost).context("encoding the cost profile")?
         );
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -404,13 +448,14 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
             runs: &reports,
             executor: args.executor,
             device: s.gpu.as_ref().map(|g| g.name.as_str()),
-            model: &args.model,
+            model: &label,
             workload: &workload,
             ttft_slo_ms,
             tpot_slo_ms,
             gpu_budget_blocks: budget,
             block_bytes: s.layout.block_bytes(),
             cost_profile: &cost,
+            calibration: &calibration,
         };
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -441,13 +486,15 @@ fn capacity_per_s(
     memory.min(compute)
 }
 
-/// The cost profile: a file, a calibration of the cpu or cuda executor, or the H200 roofline.
-fn profile(args: &EngineArgs, s: &Setup) -> anyhow::Result<CostProfile> {
+/// The cost profile: a file, a calibration of the cpu or cuda executor, or the H200 roofline;
+/// with the points a calibration measured.
+fn profile(args: &EngineArgs, s: &Setup) -> anyhow::Result<(CostProfile, Vec<CalPoint>)> {
     if let Some(path) = &args.profile {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        return toml::from_str(&text)
-            .with_context(|| format!("parsing cost profile {}", path.display()));
+        let cost = toml::from_str(&text)
+            .with_context(|| format!("parsing cost profile {}", path.display()))?;
+        return Ok((cost, Vec::new()));
     }
     if args.executor == ExecKind::Sim {
         if let Some(fitted) = strata_node::sched::profiles::h200(&args.model) {
@@ -455,15 +502,64 @@ fn profile(args: &EngineArgs, s: &Setup) -> anyhow::Result<CostProfile> {
                 "cost profile: fitted on an H200 (profiles/h200-{}.toml; no --profile given)",
                 args.model
             );
-            return Ok(fitted);
+            return Ok((fitted, Vec::new()));
         }
         println!(
             "cost profile: analytic H200 roofline for {} (no --profile given)",
             args.model
         );
-        return Ok(roofline::profile(&s.cfg, &roofline::H200, 2));
+        return Ok((roofline::profile(&s.cfg, &roofline::H200, 2), Vec::new()));
+    }
+    // A cut model is also measured at half its depth: two depths tell the step's fixed cost
+    // from the layers' (see `fit::fit_profile`).
+    let mut depths = vec![s.cfg.num_layers];
+    if s.cfg.num_layers < s.full_layers && s.cfg.num_layers >= 2 {
+        depths.push(s.cfg.num_layers / 2);
     }
     let plan = CalibrationPlan::for_prompts(args.prompt_max);
+    let started = Instant::now();
+    let mut cal = Calibration::default();
+    let mut name = "";
+    for &layers in &depths {
+        let half;
+        let at = if layers == s.cfg.num_layers {
+            s
+        } else {
+            half = s.with_layers(layers);
+            &half
+        };
+        let (exec_name, measured) = calibrate_at(args, at, &plan)?;
+        name = exec_name;
+        cal.prefill.extend(measured.prefill);
+        cal.decode.extend(measured.decode);
+        cal.transfer.extend(measured.transfer);
+    }
+    let cost = fit::fit_profile(&cal.prefill, &cal.decode, &cal.transfer)
+        .context("fitting the cost profile")?;
+    let layers = s.layout.layers;
+    println!(
+        "cost profile of the {name} executor fitted on this machine in {:.1}s at {depths:?} layers: \
+         prefill {:.0} ms at {} tokens, decode step {:.2} ms at batch 8, step overhead {:.3} ms, copies {:.2} GB/s",
+        started.elapsed().as_secs_f64(),
+        cost.prefill_s(args.prompt_max, 0, layers) * 1e3,
+        args.prompt_max,
+        cost.decode_s(8, 8 * args.prompt_max / 2, layers) * 1e3,
+        cost.step_overhead_s * 1e3,
+        cost.transfer.bw_bytes_per_s / 1e9
+    );
+    let points = CalPoint::all(&cal, &cost);
+    for p in &points {
+        println!("  {p}");
+    }
+    Ok((cost, points))
+}
+
+/// Calibrates a fresh executor of `s`: the executor's name and what it measured.
+fn calibrate_at(
+    args: &EngineArgs,
+    s: &Setup,
+    plan: &CalibrationPlan,
+) -> anyhow::Result<(&'static str, Calibration)> {
     let pools = PoolSizes {
         gpu_blocks: plan.gpu_blocks_needed(&s.layout),
         host_blocks: plan.host_blocks_needed(),
@@ -474,14 +570,13 @@ fn profile(args: &EngineArgs, s: &Setup) -> anyhow::Result<CostProfile> {
         ProgressStyle::with_template("calibrating [{bar:30}] {pos}/{len} points")
             .context("progress template")?,
     );
-    let started = Instant::now();
-    let (exec, (cost, _)) = executor_with(s, pools, &CostProfile::default(), args.seed, |exec| {
+    let (exec, (_, cal)) = executor_with(s, pools, &CostProfile::default(), args.seed, |exec| {
         Ok(calibrate(
             exec,
             s.layout,
             pools.gpu_blocks,
             pools.host_blocks,
-            &plan,
+            plan,
             |done, total| {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);
@@ -489,16 +584,7 @@ fn profile(args: &EngineArgs, s: &Setup) -> anyhow::Result<CostProfile> {
         )?)
     })?;
     bar.finish_and_clear();
-    println!(
-        "cost profile of the {} executor fitted on this machine in {:.1}s: prefill {:.0} ms at {} tokens, decode step {:.2} ms at batch 8, copies {:.2} GB/s",
-        exec.name(),
-        started.elapsed().as_secs_f64(),
-        cost.prefill_s(args.prompt_max, 0, s.layout.layers) * 1e3,
-        args.prompt_max,
-        cost.decode_s(8, 8 * args.prompt_max / 2, s.layout.layers) * 1e3,
-        cost.transfer.bw_bytes_per_s / 1e9
-    );
-    Ok(cost)
+    Ok((exec.name(), cal))
 }
 
 fn print_table(reports: &[ModeReport]) {

@@ -41,6 +41,10 @@ pub struct GpuArgs {
     /// (only its config.json is read: the weights are random bf16 drawn on the device).
     #[arg(long, default_value = "llama-3-8b")]
     model: String,
+    /// Keep only the model's first N layers (with its embedding and lm_head): a model too large
+    /// for the GPU, measured on a few of its layers (e.g. `--model llama-3-70b --layers 8`).
+    #[arg(long)]
+    layers: Option<usize>,
     /// Prefill lengths, tokens (one sequence from position 0, every layer resident).
     #[arg(long, value_delimiter = ',', default_value = "1024,4096,16384")]
     prefill: Vec<usize>,
@@ -153,24 +157,28 @@ impl GpuArgs {
 
 pub fn run(args: GpuArgs) -> anyhow::Result<()> {
     let source: ModelSource = args.model.parse()?;
-    let cfg = source
+    let whole = source
         .config()
         .with_context(|| format!("reading the shape of {}", args.model))?;
+    let full_layers = whole.num_layers;
+    let cfg = super::truncate_layers(whole, args.layers)?;
     args.validate(&cfg)?;
-    measure_and_report(&args, &cfg)
+    let label = super::model_label(&args.model, &cfg, full_layers);
+    measure_and_report(&args, &cfg, &label)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn measure_and_report(_args: &GpuArgs, _cfg: &ModelConfig) -> anyhow::Result<()> {
+fn measure_and_report(_args: &GpuArgs, _cfg: &ModelConfig, _label: &str) -> anyhow::Result<()> {
     bail!(
         "strata bench gpu needs the cuda executor, and this strata was built without the `cuda` \
          feature: rebuild with `cargo build --release -p strata-ops --features cuda`"
     )
 }
 
+/// Measures `cfg` (named `label` in the report) and prints and writes the report.
 #[cfg(feature = "cuda")]
-fn measure_and_report(args: &GpuArgs, cfg: &ModelConfig) -> anyhow::Result<()> {
-    let report = measure::measure(args, cfg)?;
+fn measure_and_report(args: &GpuArgs, cfg: &ModelConfig, label: &str) -> anyhow::Result<()> {
+    let report = measure::measure(args, cfg, label)?;
     print!("{}", table::render(&report));
     if let Some(path) = &args.json {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -1,6 +1,7 @@
 //! Benchmarks.
 //!
 //! - [`engine`] — the node engine in-process: baseline vs layer-wise on one workload.
+//! - [`calpoint`] — the points a calibration measured, against its fitted profile.
 //! - [`gpu`] — the cuda executor on one GPU: prefill MFU, decode bandwidth, tier copies,
 //!   prefills with offloaded layers, against the device's measured peaks.
 //! - [`http`] — open-loop streaming load on an OpenAI-compatible HTTP endpoint.
@@ -9,6 +10,7 @@
 //! - [`raft`] — the control plane: admin write latency and leader failover.
 //! - [`transport`] — QUIC vs TCP bulk throughput between two processes.
 
+mod calpoint;
 mod engine;
 mod gpu;
 mod http;
@@ -18,6 +20,7 @@ mod transport;
 mod workload;
 
 use clap::Subcommand;
+use strata_node::model::ModelConfig;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -61,5 +64,54 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Raft(args) => raft::run(args),
         BenchCommand::Transport(args) => transport::run(args),
         BenchCommand::TransportPeer(args) => transport::peer(args),
+    }
+}
+
+/// `cfg` cut to its first `layers` layers (`--layers`), unchanged for `None`: per-layer costs
+/// of a deep model measured on a few of its layers. Refuses 0 and more than the model has.
+fn truncate_layers(mut cfg: ModelConfig, layers: Option<usize>) -> anyhow::Result<ModelConfig> {
+    if let Some(n) = layers {
+        if n == 0 || n > cfg.num_layers {
+            anyhow::bail!(
+                "--layers {n}: must be in 1..={} (the model's layer count)",
+                cfg.num_layers
+            );
+        }
+        cfg.num_layers = n;
+    }
+    Ok(cfg)
+}
+
+/// The model's name for reports, with `(N of M layers)` when `--layers` cut it.
+fn model_label(model: &str, cfg: &ModelConfig, full_layers: usize) -> String {
+    if cfg.num_layers == full_layers {
+        model.to_string()
+    } else {
+        format!("{model} ({} of {full_layers} layers)", cfg.num_layers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_node::model::Preset;
+
+    #[test]
+    fn layers_cut_the_model_within_its_depth() {
+        let full = Preset::Llama3_70b.config();
+        let cut = truncate_layers(full.clone(), Some(8)).unwrap();
+        assert_eq!(cut.num_layers, 8);
+        assert_eq!(cut.hidden_size, full.hidden_size);
+        assert_eq!(
+            model_label("llama-3-70b", &cut, 80),
+            "llama-3-70b (8 of 80 layers)"
+        );
+        assert_eq!(truncate_layers(full.clone(), None).unwrap(), full);
+        assert_eq!(model_label("llama-3-70b", &full, 80), "llama-3-70b");
+        assert_eq!(truncate_layers(full.clone(), Some(80)).unwrap(), full);
+        for bad in [0, 81] {
+            let err = truncate_layers(full.clone(), Some(bad)).unwrap_err();
+            assert!(err.to_string().contains("1..=80"), "{err}");
+        }
     }
 }

@@ -37,7 +37,8 @@ fn time(exec: &mut CudaExecutor, plan: &StepPlan, repeats: usize) -> Result<Vec<
     Ok(samples)
 }
 
-pub fn measure(args: &GpuArgs, cfg: &ModelConfig) -> anyhow::Result<Report> {
+/// Runs every point of `args` on `cfg`, called `label` in the report.
+pub fn measure(args: &GpuArgs, cfg: &ModelConfig, label: &str) -> anyhow::Result<Report> {
     let layout = KvLayout::for_model(cfg, args.block_tokens, DTYPE_BYTES);
     let cost = ModelCost::new(cfg, DTYPE_BYTES);
     let info = cuda::probe(ORDINAL).context("strata bench gpu needs a usable GPU")?;
@@ -76,7 +77,7 @@ pub fn measure(args: &GpuArgs, cfg: &ModelConfig) -> anyhow::Result<Report> {
     eprintln!(
         "allocating {} weights ({:.1} GiB reserved) and pools: {} GPU blocks ({:.1} GiB), {} host \
          blocks ({:.2} GiB), {} staging blocks",
-        args.model,
+        label,
         budget.reserved_bytes as f64 / GIB,
         pools.gpu_blocks,
         (pools.gpu_blocks as u64 * budget.block_bytes) as f64 / GIB,
@@ -94,7 +95,7 @@ pub fn measure(args: &GpuArgs, cfg: &ModelConfig) -> anyhow::Result<Report> {
             total_bytes: info.total_bytes,
             free_bytes,
         },
-        model: args.model.clone(),
+        model: label.to_string(),
         cost,
         pools: Pools {
             gpu_blocks: pools.gpu_blocks,
