@@ -64,6 +64,7 @@ pub fn instance_specs(state: &ClusterState) -> Vec<InstanceSpec> {
                 id: nodes.join("+"),
                 model: d.model.clone(),
                 driver: driver.node.clone(),
+                workers: nodes[1..].iter().map(|n| n.to_string()).collect(),
                 draining: nodes
                     .iter()
                     .any(|n| state.nodes.get(*n).is_some_and(|n| n.draining)),
@@ -115,5 +116,70 @@ pub fn apply(
     if placer.policy() != state.policy {
         tracing::info!(policy = %state.policy, "routing policy changed");
         placer.set_policy(state.policy);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_raft::state::{Deployment, Hardware, Instance, Node, Stage};
+
+    #[test]
+    fn a_pipeline_is_named_by_its_stages_driven_by_stage_0_and_drained_by_any() {
+        let stage = |node: &str, layers| Stage {
+            node: node.into(),
+            layers,
+        };
+        let mut state = ClusterState::default();
+        state.deployments.insert(
+            "tiny".into(),
+            Deployment {
+                model: "tiny".into(),
+                source: "tiny".into(),
+                layers: 4,
+                instances: vec![
+                    Instance {
+                        stages: vec![
+                            stage("node-1", 0..2),
+                            stage("node-1-s1", 2..3),
+                            stage("node-1-s2", 3..4),
+                        ],
+                    },
+                    Instance {
+                        stages: vec![stage("node-2", 0..4)],
+                    },
+                ],
+            },
+        );
+        state.nodes.insert(
+            "node-1-s2".into(),
+            Node {
+                id: "node-1-s2".into(),
+                addr: "127.0.0.1:7003".parse().unwrap(),
+                cert_fingerprint: String::new(),
+                hardware: Hardware::default(),
+                draining: true,
+            },
+        );
+        let specs = instance_specs(&state);
+        assert_eq!(
+            specs,
+            [
+                InstanceSpec {
+                    id: "node-1+node-1-s1+node-1-s2".into(),
+                    model: "tiny".into(),
+                    driver: "node-1".into(),
+                    workers: vec!["node-1-s1".into(), "node-1-s2".into()],
+                    draining: true,
+                },
+                InstanceSpec {
+                    id: "node-2".into(),
+                    model: "tiny".into(),
+                    driver: "node-2".into(),
+                    workers: Vec::new(),
+                    draining: false,
+                },
+            ]
+        );
     }
 }
