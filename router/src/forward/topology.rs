@@ -20,8 +20,8 @@ struct LinkHandle {
 #[derive(Default)]
 pub struct Topology {
     links: HashMap<String, LinkHandle>,
-    /// Instance id → its driver node.
-    drivers: HashMap<String, String>,
+    /// Instance id → its stage nodes in pipeline order (the driver first).
+    stages: HashMap<String, Vec<String>>,
     models: BTreeSet<String>,
 }
 
@@ -30,9 +30,14 @@ impl Topology {
         self.links.get(node).map(|h| &h.link)
     }
 
-    /// The driver node's link of `instance`.
-    pub fn driver_link(&self, instance: &str) -> Option<&Arc<NodeLink>> {
-        self.link(self.drivers.get(instance)?)
+    /// The links of `instance`'s driver and of its other stage nodes (those linked).
+    pub fn stage_links(&self, instance: &str) -> Option<(Arc<NodeLink>, Vec<Arc<NodeLink>>)> {
+        let (driver, workers) = self.stages.get(instance)?.split_first()?;
+        let workers = workers
+            .iter()
+            .filter_map(|n| self.link(n).cloned())
+            .collect();
+        Some((self.link(driver)?.clone(), workers))
     }
 
     pub fn has_model(&self, model: &str) -> bool {
@@ -104,9 +109,12 @@ pub fn apply(
         topo.links
             .insert(node.id.clone(), LinkHandle { link, stop });
     }
-    topo.drivers = specs
+    topo.stages = specs
         .iter()
-        .map(|s| (s.id.clone(), s.driver.clone()))
+        .map(|s| {
+            let nodes = std::iter::once(&s.driver).chain(&s.workers).cloned();
+            (s.id.clone(), nodes.collect())
+        })
         .collect();
     topo.models = state.deployments.keys().cloned().collect();
     let known = |node: &str| topo.link(node).and_then(|l| l.seen().info);
