@@ -33,6 +33,19 @@ const READY_WAIT: Duration = Duration::from_secs(60);
 /// How long a member has to stop after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
+/// What `strata up --help` shows after the flags.
+const EXAMPLES: &str = "EXAMPLES:
+
+  strata up                        # tiny model, 3 routers, 2 cpu nodes, http://127.0.0.1:8080
+  strata up --model /models/Llama-3.2-1B-Instruct --nodes 1
+  strata up --executor sim --model llama-3-8b --policy round_robin
+  strata up --executor cuda --model llama-3-8b --nodes 1
+  strata up --stages 2 --nodes 2   # two 2-stage pipeline instances of tiny
+
+With --stages P each instance is a chain of P node processes: node-i drives it (it serves
+requests and runs the scheduler), node-i-s1 .. node-i-s(P-1) run its later layers; they start
+last stage first. cluster.json lists every process with its instance and layers.";
+
 /// Start a local cluster: router replicas (Raft voters sharing one HTTP port) with the
 /// OpenAI-compatible API, and N instances serving one model — each a node, or with `--stages P`
 /// a pipeline of P stage nodes — each member its own process (so any one can be killed). Then
@@ -47,6 +60,7 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 ///   strata up --executor cuda --model llama-3-8b --nodes 1
 ///   strata up --stages 2 --nodes 2   # two 2-stage pipeline instances of tiny
 #[derive(Debug, Args)]
+#[command(after_long_help = EXAMPLES)]
 pub struct UpArgs {
     /// A preset (`tiny`, `llama-3-8b`, `llama-3-70b`) or an HF model directory (config.json,
     /// safetensors weights, tokenizer.json).
