@@ -33,7 +33,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start a whole local cluster: router replicas and N nodes, each its own process.
+    /// Start a whole local cluster: router replicas and N instances (a node or a pipeline of
+    /// stage nodes each), every member its own process.
     Up(up::UpArgs),
     /// Run a router: the OpenAI-compatible HTTP endpoint with TTFT-predictive placement.
     Router(router_cmd::RouterArgs),

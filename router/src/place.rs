@@ -224,25 +224,26 @@ mod tests {
         );
         for (i, &w) in waits_ms.iter().enumerate() {
             let node = format!("n{i}");
-            v.handle_hello(
-                &node,
-                NodeInfo {
-                    node: node.clone(),
-                    model: "m".into(),
-                    executor: "sim".into(),
-                    vocab_size: 512,
-                    num_layers: 2,
-                    max_seq_tokens: 8192,
-                    block_tokens: 4,
-                    block_bytes: 1024,
-                    gpu_blocks: 100,
-                    host_blocks: 100,
-                    eos_tokens: vec![],
-                },
-            );
+            v.handle_hello(&node, info(&node));
             v.handle_load(&node, report(w, w as u32), now, Duration::ZERO);
         }
         v
+    }
+
+    fn info(node: &str) -> NodeInfo {
+        NodeInfo {
+            node: node.to_string(),
+            model: "m".into(),
+            executor: "sim".into(),
+            vocab_size: 512,
+            num_layers: 2,
+            max_seq_tokens: 8192,
+            block_tokens: 4,
+            block_bytes: 1024,
+            gpu_blocks: 100,
+            host_blocks: 100,
+            eos_tokens: vec![],
+        }
     }
 
     fn req<'a>(tokens: &'a [u32], slo: &'a SloClass, exclude: &'a [String]) -> PlaceRequest<'a> {
@@ -290,6 +291,7 @@ mod tests {
             id: format!("n{i}"),
             model: "m".into(),
             driver: format!("n{i}"),
+            workers: Vec::new(),
             draining,
         };
         v.set_instances([spec(0, true), spec(1, false)], |_| None);
@@ -332,6 +334,44 @@ mod tests {
             p.place(&v, &req(&[1], &slo, &[]), now + 2 * SILENCE),
             Err(PlaceError::Unavailable)
         );
+    }
+
+    #[test]
+    fn a_pipeline_with_a_dead_stage_gets_no_placements() {
+        let now = Instant::now();
+        // `n0+n2` is a 2-stage pipeline (n0 drives, n2 computes the later layers); n1 is a
+        // single node with the longer queue.
+        let mut v = ClusterView::default();
+        let spec = |nodes: &[&str]| crate::view::InstanceSpec {
+            id: nodes.join("+"),
+            model: "m".into(),
+            driver: nodes[0].into(),
+            workers: nodes[1..].iter().map(|n| n.to_string()).collect(),
+            draining: false,
+        };
+        v.set_instances([spec(&["n0", "n2"]), spec(&["n1"])], |_| None);
+        for (node, wait_ms) in [("n0", 0), ("n1", 50), ("n2", 0)] {
+            v.handle_hello(node, info(node));
+            v.handle_load(node, report(wait_ms, 0), now, Duration::ZERO);
+        }
+        let slo = SloClass::default();
+        let mut p = Placer::new(Policy::PredictedTtft, SILENCE);
+        let pick = |p: &mut Placer, v: &ClusterView, now| {
+            p.place(v, &req(&[1, 2], &slo, &[]), now)
+                .expect("placed")
+                .instance
+        };
+        assert_eq!(pick(&mut p, &v, now), "n0+n2");
+        v.handle_disconnect("n2");
+        assert_eq!(pick(&mut p, &v, now), "n1", "the pipeline lost a stage");
+        v.handle_hello("n2", info("n2"));
+        v.handle_load("n2", report(0, 0), now, Duration::ZERO);
+        assert_eq!(pick(&mut p, &v, now), "n0+n2", "the stage is back");
+        // n2 falls silent while n0 and n1 keep reporting.
+        let later = now + SILENCE + Duration::from_millis(1);
+        v.handle_load("n0", report(0, 0), later, Duration::ZERO);
+        v.handle_load("n1", report(50, 0), later, Duration::ZERO);
+        assert_eq!(pick(&mut p, &v, later), "n1", "a silent stage");
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! `strata up --executor cuda`: the GPU is probed once, before any member starts, so a missing
 //! GPU or CUDA library (or a strata built without the `cuda` feature) is the first and only
-//! error; and its memory is split evenly between the nodes, which all run on it.
+//! error; and its memory is split evenly between the node processes (every stage of every
+//! instance), which all run on it.
 
 use strata_node::model::ModelConfig;
 use strata_node::service::SchedSettings;
 use strata_node::service::gpu;
 
 /// What every node's config gets for its share of the GPU: a `gpu_mib = …` line when several
-/// nodes share it (each gets its share of 90% of the free memory, less what its executor
-/// reserves, and no more than its scheduler can use), nothing for one node (it takes its
-/// default) or when `node_extra` sets `gpu_mib`.
+/// node processes share it (each gets its share of 90% of the free memory, less what its
+/// executor reserves, and no more than its scheduler can use), nothing for one node (it takes
+/// its default) or when `node_extra` sets `gpu_mib`. `model` is what one process runs: for a
+/// pipeline, the model cut to its largest stage's layers, so every stage of an instance gets
+/// the same budget.
 pub fn node_budget(
     model: &ModelConfig,
     model_name: &str,

@@ -4,15 +4,18 @@
 //!
 //! - [`child`] — spawning a member, reading its ready line, stopping it.
 //! - [`cuda`] — probing the GPU first and splitting it between the nodes (`--executor cuda`).
+//! - [`layout`] — which stage nodes make each instance and which layers each runs.
 //! - [`setup`] — configuring the fresh cluster through its control plane.
 
 pub(crate) mod child;
 mod cuda;
+mod layout;
 pub mod setup;
 
 use anyhow::{Context, bail};
 use child::Member;
 use clap::Args;
+use layout::Layout;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,9 +33,23 @@ const READY_WAIT: Duration = Duration::from_secs(60);
 /// How long a member has to stop after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
+/// What `strata up --help` shows after the flags.
+const EXAMPLES: &str = "EXAMPLES:
+
+  strata up                        # tiny model, 3 routers, 2 cpu nodes, http://127.0.0.1:8080
+  strata up --model /models/Llama-3.2-1B-Instruct --nodes 1
+  strata up --executor sim --model llama-3-8b --policy round_robin
+  strata up --executor cuda --model llama-3-8b --nodes 1
+  strata up --stages 2 --nodes 2   # two 2-stage pipeline instances of tiny
+
+With --stages P each instance is a chain of P node processes: node-i drives it (it serves
+requests and runs the scheduler), node-i-s1 .. node-i-s(P-1) run its later layers; they start
+last stage first. cluster.json lists every process with its instance and layers.";
+
 /// Start a local cluster: router replicas (Raft voters sharing one HTTP port) with the
-/// OpenAI-compatible API, and N nodes serving one model, each member its own process (so any
-/// one can be killed). Then `strata admin status` shows it. Ctrl-C or SIGTERM stops them all.
+/// OpenAI-compatible API, and N instances serving one model — each a node, or with `--stages P`
+/// a pipeline of P stage nodes — each member its own process (so any one can be killed). Then
+/// `strata admin status` shows it. Ctrl-C or SIGTERM stops them all.
 ///
 /// Every `strata up` starts a fresh cluster: new certificates, empty Raft logs.
 ///
@@ -41,15 +58,25 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 ///   strata up --model /models/Llama-3.2-1B-Instruct --nodes 1
 ///   strata up --executor sim --model llama-3-8b --policy round_robin
 ///   strata up --executor cuda --model llama-3-8b --nodes 1
+///   strata up --stages 2 --nodes 2   # two 2-stage pipeline instances of tiny
 #[derive(Debug, Args)]
+#[command(after_long_help = EXAMPLES)]
 pub struct UpArgs {
     /// A preset (`tiny`, `llama-3-8b`, `llama-3-70b`) or an HF model directory (config.json,
     /// safetensors weights, tokenizer.json).
     #[arg(long, default_value = "tiny")]
     pub model: String,
-    /// Number of nodes (each a single-node instance of the model).
+    /// Number of instances of the model: each a single node, or with `--stages P` a pipeline
+    /// of P stage nodes.
     #[arg(long, default_value_t = 2)]
     pub nodes: usize,
+    /// Pipeline stages per instance: each instance is a chain of this many node processes,
+    /// each running a contiguous range of the model's layers (split evenly; earlier stages
+    /// take the remainder). Instance i's driver, which serves requests and runs the
+    /// scheduler, is `node-i`; its later stages are `node-i-s1`, `node-i-s2`, … At most the
+    /// model's layer count.
+    #[arg(long, default_value_t = 1)]
+    pub stages: usize,
     /// Number of router replicas (Raft voters; 3 or 5 tolerate 1 or 2 failures).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=7))]
     pub routers: u64,
@@ -58,9 +85,10 @@ pub struct UpArgs {
     ///
     /// With `cuda` the GPU is probed before anything starts, and every node runs on the first
     /// GPU (CUDA_VISIBLE_DEVICES picks it): one node takes 90% of its free memory less its
-    /// weights and workspace; N nodes split that 90% evenly, each less its own weights and
-    /// workspace (or take `gpu_mib` from --node-extra). Each node also pins 32 GiB of host
-    /// memory for its host tier (`--node-extra 'host_mib = …'` changes it).
+    /// weights and workspace; N node processes (instances × stages) split that 90% evenly,
+    /// each less its own weights and workspace (or take `gpu_mib` from --node-extra). Each
+    /// node process also pins 32 GiB of host memory for its host tier (`--node-extra
+    /// 'host_mib = …'` changes it).
     #[arg(long, default_value = "cpu")]
     pub executor: ExecutorKind,
     /// HTTP address of the endpoint (port 0: any free port; see cluster.json).
@@ -145,11 +173,16 @@ struct RouterEntry {
     pid: u32,
 }
 
+/// A node process: a single-node instance, or one stage of a pipeline instance.
 #[derive(Debug, Serialize)]
 struct NodeRecord {
     id: String,
     addr: String,
     pid: u32,
+    /// The instance it is a stage of (its stage nodes joined by `+`, as routers name it).
+    instance: String,
+    /// Its layers: first, end (exclusive).
+    layers: [u32; 2],
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -171,9 +204,19 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .config()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let layers = model.num_layers as u32;
+    let layout = Layout::new(args.nodes, args.stages, layers, &model_name)?;
     let gpu_budget = match args.executor {
         ExecutorKind::Cuda => {
-            cuda::node_budget(&model, &model_name, args.nodes, args.node_extra.as_deref())?
+            // Every process is sized for the largest stage's weights and KV.
+            let mut stage_model = model.clone();
+            stage_model.num_layers = layout.max_stage_layers() as usize;
+            cuda::node_budget(
+                &stage_model,
+                &model_name,
+                layout.processes(),
+                args.node_extra.as_deref(),
+            )?
         }
         ExecutorKind::Cpu | ExecutorKind::Sim => String::new(),
     };
@@ -183,13 +226,14 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let cluster_json = dir.join("cluster.json");
     let _ = std::fs::remove_file(&cluster_json);
 
-    let node_ids: Vec<String> = (1..=args.nodes).map(|i| format!("node-{i}")).collect();
     let router_ids: Vec<(u64, String)> = (1..=args.routers)
         .map(|i| (i, format!("router-{i}")))
         .collect();
     let certs = dir.join("certs");
-    let mut members: Vec<(String, Role)> =
-        node_ids.iter().map(|n| (n.clone(), Role::Node)).collect();
+    let mut members: Vec<(String, Role)> = layout
+        .members()
+        .map(|s| (s.id.clone(), Role::Node))
+        .collect();
     members.extend(router_ids.iter().map(|(_, r)| (r.clone(), Role::Router)));
     members.push((ADMIN_MEMBER.to_string(), Role::Admin));
     crate::certs::init(&certs, &members, "strata-up", true)?;
@@ -197,7 +241,6 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let raft_dir = dir.join("raft");
     let _ = std::fs::remove_dir_all(&raft_dir);
     std::fs::create_dir_all(&raft_dir)?;
-    let layers = model.num_layers as u32;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let started = Instant::now();
@@ -259,27 +302,46 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             .map(|(_, r)| r.control.as_deref().unwrap_or_default().parse().with_context(|| format!("{} announced no control address", r.id)))
             .collect::<anyhow::Result<_>>()?;
         let routers_toml = controls.iter().map(|c| format!("{:?}", c.to_string())).collect::<Vec<_>>().join(", ");
-        for id in &node_ids {
-            let cfg = dir.join(format!("{id}.toml"));
-            let mut text = format!(
-                "id = {id:?}\nlisten = \"127.0.0.1:0\"\nmodel = {model_spec:?}\nmodel_name = {model_name:?}\nexecutor = {:?}\nrouters = [{routers_toml}]\n{gpu_budget}",
-                args.executor.name()
-            );
-            if let Some(extra) = &args.node_extra {
-                text.push_str(extra);
-                text.push('\n');
+        let mut shared = format!(
+            "listen = \"127.0.0.1:0\"\nmodel = {model_spec:?}\nmodel_name = {model_name:?}\nexecutor = {:?}\nrouters = [{routers_toml}]\n{gpu_budget}",
+            args.executor.name()
+        );
+        if let Some(extra) = &args.node_extra {
+            shared.push_str(extra);
+            shared.push('\n');
+        }
+        let certs_dir = certs.display().to_string();
+        for instance in &layout.instances {
+            // The last stage first: each stage's config names the next stage's address, which
+            // that stage's ready line announced; a driver is ready once its whole chain is.
+            let first = nodes.len();
+            let mut next: Option<(SocketAddr, &str)> = None;
+            for stage in instance.iter().rev() {
+                let id = &stage.id;
+                let cfg = dir.join(format!("{id}.toml"));
+                let stage_toml = layout::stage_section(&layout, stage, next);
+                let text = format!("id = {id:?}\n{shared}\n[tls]\ndir = {certs_dir:?}\nmember = {id:?}\n{stage_toml}");
+                std::fs::write(&cfg, text)?;
+                if layout.pipelined() {
+                    eprintln!("starting {id} ({} {model_name}, layers {}..{})", args.executor.name(), stage.layers.start, stage.layers.end);
+                } else {
+                    eprintln!("starting {id} ({} {model_name})", args.executor.name());
+                }
+                let node_args = ["node".to_string(), "--config".into(), path_arg(&cfg)];
+                let log = logs.join(format!("{id}.log"));
+                let member = tokio::select! {
+                    m = child::spawn(id, &node_args, &log, MEMBER_START) => m?,
+                    _ = sigterm.recv() => bail!("stopped while starting"),
+                    _ = tokio::signal::ctrl_c() => bail!("stopped while starting"),
+                };
+                if layout.pipelined() {
+                    let addr = member.addr.parse().with_context(|| format!("{id} announced a bad address {:?}", member.addr))?;
+                    next = Some((addr, id));
+                }
+                nodes.push(member);
             }
-            text.push_str(&format!("\n[tls]\ndir = {:?}\nmember = {id:?}\n", certs.display().to_string()));
-            std::fs::write(&cfg, text)?;
-            eprintln!("starting {id} ({} {model_name})", args.executor.name());
-            let node_args = ["node".to_string(), "--config".into(), path_arg(&cfg)];
-            let log = logs.join(format!("{id}.log"));
-            let member = tokio::select! {
-                m = child::spawn(id, &node_args, &log, MEMBER_START) => m?,
-                _ = sigterm.recv() => bail!("stopped while starting"),
-                _ = tokio::signal::ctrl_c() => bail!("stopped while starting"),
-            };
-            nodes.push(member);
+            // Drivers first, as cluster.json lists them and the cluster stops them.
+            nodes[first..].reverse();
         }
         // Like an operator: `strata admin` with the admin certificate, asking the replicas
         // in turn while the new cluster settles.
@@ -290,15 +352,20 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             None => model_spec.clone(),
         };
         let slo = slo_classes(&args.slo);
+        let instances = layout.deployment();
         let plan = setup::Plan {
             slo: &slo,
             policy: args.policy,
             model: &model_name,
             source: &source,
             layers,
-            nodes: &node_ids,
+            instances: &instances,
         };
-        eprintln!("deploying `{model_name}` on {} node(s)", node_ids.len());
+        if layout.pipelined() {
+            eprintln!("deploying `{model_name}` as {} instance(s) of {} stages", instances.len(), layout.stages);
+        } else {
+            eprintln!("deploying `{model_name}` on {} node(s)", instances.len());
+        }
         setup::apply(&admin, &plan).await?;
         let url = format!("http://{http}");
         wait_ready(&url).await?;
@@ -313,27 +380,42 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                     pid: r.pid,
                 })
                 .collect(),
-            nodes: nodes
+            nodes: layout
+                .instances
                 .iter()
-                .map(|n| NodeRecord {
-                    id: n.id.clone(),
-                    addr: n.addr.clone(),
-                    pid: n.pid,
+                .flat_map(|stages| {
+                    let instance = Layout::instance_id(stages);
+                    stages.iter().map(move |s| (instance.clone(), s))
+                })
+                .zip(&nodes)
+                .map(|((instance, stage), n)| {
+                    debug_assert_eq!(stage.id, n.id, "nodes are kept in layout order");
+                    NodeRecord {
+                        id: n.id.clone(),
+                        addr: n.addr.clone(),
+                        pid: n.pid,
+                        instance,
+                        layers: [stage.layers.start, stage.layers.end],
+                    }
                 })
                 .collect(),
             certs: certs.display().to_string(),
             admin_member: ADMIN_MEMBER.into(),
         };
         write_atomic(&cluster_json, &serde_json::to_vec_pretty(&file)?)?;
+        let serving = if layout.pipelined() {
+            format!("{} pipeline instance(s) of {} stages ({} node processes)", layout.instances.len(), layout.stages, nodes.len())
+        } else {
+            format!("{} node(s)", nodes.len())
+        };
         println!(
-            "strata is up in {:.1}s: {} router replica(s) and {} node(s) serving `{model_name}` behind {url}\n\n\
+            "strata is up in {:.1}s: {} router replica(s) and {serving} serving `{model_name}` behind {url}\n\n\
              try:\n  curl -s {url}/v1/completions -H 'content-type: application/json' \\\n    \
              -d '{{\"model\": \"{model_name}\", \"prompt\": \"Hello\", \"max_tokens\": 16}}'\n  \
              strata admin status --data-dir {}\n\n\
              cluster: {}\nlogs:    {}\nCtrl-C stops the cluster.",
             started.elapsed().as_secs_f64(),
             routers.len(),
-            nodes.len(),
             dir.display(),
             cluster_json.display(),
             logs.display()

@@ -1,11 +1,11 @@
 //! Configuring a fresh `strata up` cluster through its control plane, as an operator would
 //! with `strata admin`: SLO classes, the routing policy, waiting for the nodes to register,
-//! and deploying the model on them.
+//! and deploying the model on them as instances of one or more stages.
 
 use crate::admin::Admin;
 use anyhow::bail;
 use std::time::{Duration, Instant};
-use strata_raft::state::{Command, Instance, Policy, Stage};
+use strata_raft::state::{Command, Instance, Policy};
 use strata_transport::proto::SloClass;
 
 /// How long the nodes may take to register once started.
@@ -19,7 +19,8 @@ pub struct Plan<'a> {
     /// A preset name or a model directory (what nodes load and routers read tokenizers from).
     pub source: &'a str,
     pub layers: u32,
-    pub nodes: &'a [String],
+    /// Every instance's stages (node and layers) in pipeline order.
+    pub instances: &'a [Instance],
 }
 
 /// Applies `plan` through `admin`.
@@ -37,10 +38,16 @@ pub async fn apply(admin: &Admin, plan: &Plan<'_>) -> anyhow::Result<()> {
         })
         .await?;
     let deadline = Instant::now() + REGISTER_WAIT;
+    let nodes: Vec<&str> = plan
+        .instances
+        .iter()
+        .flat_map(|i| &i.stages)
+        .map(|s| s.node.as_str())
+        .collect();
     loop {
         let state = admin.state().await;
         if let Ok(s) = &state
-            && plan.nodes.iter().all(|n| s.nodes.contains_key(n))
+            && nodes.iter().all(|n| s.nodes.contains_key(*n))
         {
             break;
         }
@@ -52,22 +59,12 @@ pub async fn apply(admin: &Admin, plan: &Plan<'_>) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let instances = plan
-        .nodes
-        .iter()
-        .map(|n| Instance {
-            stages: vec![Stage {
-                node: n.clone(),
-                layers: 0..plan.layers,
-            }],
-        })
-        .collect();
     admin
         .write(Command::Deploy {
             model: plan.model.to_owned(),
             source: plan.source.to_owned(),
             layers: plan.layers,
-            instances,
+            instances: plan.instances.to_vec(),
         })
         .await?;
     Ok(())

@@ -2,6 +2,7 @@
 //! process, on loopback.
 
 mod control;
+mod pipeline;
 mod support;
 
 use serde_json::{Value, json};

@@ -1,6 +1,8 @@
-//! One attempt of a request on one instance: the request stream to its driver node.
+//! One attempt of a request on one instance: the request stream to its driver node, and a
+//! watch on the links of all its stage nodes.
 
 use super::link::NodeLink;
+use futures_util::future::select_all;
 use std::sync::Arc;
 use strata_transport::frame::{self, FrameError};
 use strata_transport::proto::{GenerateRequest, Message};
@@ -25,25 +27,54 @@ pub enum AttemptError {
     Send(#[from] FrameError),
 }
 
-/// A request stream in flight: frames from the node arrive on `frames`; `node_down` changes
-/// when the node's link drops.
+/// A request stream in flight: frames from the driver arrive on `frames`; `stages` tells
+/// when the link to any stage node of the instance drops.
 pub struct Attempt {
     pub instance: String,
     send: quinn::SendStream,
     pub frames: mpsc::Receiver<Result<Option<Message>, FrameError>>,
-    pub node_down: watch::Receiver<u64>,
+    pub stages: StageWatch,
     _reader: AbortOnDropHandle<()>,
 }
 
+/// The link epochs of an instance's stage nodes, as they were when an attempt started.
+pub struct StageWatch {
+    /// Each stage node's id and link epoch, the driver first.
+    epochs: Vec<(String, watch::Receiver<u64>)>,
+}
+
+impl StageWatch {
+    /// Completes with a stage node's id when its link drops (or goes away) after the start.
+    /// Cancel-safe: dropping it loses no change, the next call sees it.
+    pub async fn down(&mut self) -> String {
+        let watches = self.epochs.iter_mut().map(|(node, epoch)| {
+            Box::pin(async move {
+                // An error: the link itself is gone (the node left the cluster) — down too.
+                let _ = epoch.changed().await;
+                node.clone()
+            })
+        });
+        select_all(watches).await.0
+    }
+}
+
 impl Attempt {
-    /// Opens a stream to `link`'s node and writes the request.
+    /// Opens a stream to `link`'s node (the instance's driver) and writes the request;
+    /// watches `link` and `workers`, the links of the instance's other stage nodes.
     pub async fn start(
         instance: String,
         link: &Arc<NodeLink>,
+        workers: &[Arc<NodeLink>],
         req: &GenerateRequest,
     ) -> Result<Attempt, AttemptError> {
-        let mut node_down = link.epoch();
-        node_down.mark_unchanged();
+        let epochs = std::iter::once(link)
+            .chain(workers)
+            .map(|l| {
+                let mut epoch = l.epoch();
+                epoch.mark_unchanged();
+                (l.node.clone(), epoch)
+            })
+            .collect();
         let conn = link
             .connection()
             .ok_or_else(|| AttemptError::NotConnected(link.node.clone()))?;
@@ -63,7 +94,7 @@ impl Attempt {
             instance,
             send,
             frames,
-            node_down,
+            stages: StageWatch { epochs },
             _reader: AbortOnDropHandle::new(reader),
         })
     }
@@ -81,5 +112,32 @@ impl Attempt {
     /// Ends the stream after the node finished (nothing left to cancel).
     pub fn finish(mut self) {
         let _ = self.send.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    #[tokio::test]
+    async fn any_stage_going_down_ends_the_watch_and_names_it() {
+        let (driver, driver_rx) = watch::channel(0u64);
+        let (middle, middle_rx) = watch::channel(0u64);
+        let (last, last_rx) = watch::channel(0u64);
+        let mut w = StageWatch {
+            epochs: vec![
+                ("a".into(), driver_rx),
+                ("b".into(), middle_rx),
+                ("c".into(), last_rx),
+            ],
+        };
+        assert!(w.down().now_or_never().is_none(), "nothing went down yet");
+        middle.send_modify(|e| *e += 1);
+        assert_eq!(w.down().await, "b");
+        // A link that goes away (the node left the cluster) counts as down too.
+        drop(last);
+        assert_eq!(w.down().await, "c");
+        drop(driver);
     }
 }

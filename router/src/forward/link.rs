@@ -4,6 +4,10 @@
 //! A node is *down* when its connection fails or its reports stop for `silence`; the link then
 //! marks it disconnected in the view, bumps its epoch (so request tasks on that node fail over
 //! at once rather than waiting for QUIC's idle timeout) and reconnects with bounded backoff.
+//!
+//! Every registered node has a link, pipeline workers included: their `Hello`s and reports
+//! keep the instances they are a stage of healthy in the view. Requests go only to drivers; a
+//! worker that dies makes its driver fail the requests in flight, which then fail over.
 
 use crate::metrics::{InstanceGauges, Metrics};
 use crate::view::ClusterView;
@@ -96,26 +100,28 @@ impl NodeLink {
         self.epoch.subscribe()
     }
 
-    fn down(&self, view: &Mutex<ClusterView>, metrics: &Metrics) {
+    fn down(&self, view: &Mutex<ClusterView>, metrics: &Metrics, silence: Duration) {
         *lock(&self.seen) = Seen::default();
         if let Some(c) = lock(&self.conn).take() {
             c.close(quinn::VarInt::from_u32(1), b"node silent");
         }
         let mut view = lock(view);
         view.handle_disconnect(&self.node);
-        self.publish(&view, metrics);
+        self.publish(&view, metrics, silence);
         drop(view);
         self.epoch.send_modify(|e| *e += 1);
     }
 
-    /// Copies what the view knows of this node's instances into the metrics gauges.
-    fn publish(&self, view: &ClusterView, metrics: &Metrics) {
-        for inst in view.instances().iter().filter(|i| i.driver == self.node) {
+    /// Copies what the view knows of the instances this node is a stage of (driver or
+    /// worker) into the metrics gauges.
+    fn publish(&self, view: &ClusterView, metrics: &Metrics, silence: Duration) {
+        let now = Instant::now();
+        for inst in view.instances_of(&self.node) {
             let load = inst.load.as_ref();
             metrics.set_instance(
                 &inst.id,
                 InstanceGauges {
-                    healthy: inst.connected && load.is_some(),
+                    healthy: inst.healthy(now, silence),
                     waiting: load.map_or(0, |l| l.waiting),
                     running: load.map_or(0, |l| l.running),
                     correction: inst.correction,
@@ -145,7 +151,7 @@ impl NodeLink {
             if let Err(e) = result {
                 tracing::debug!(node = %self.node, error = %e, "link down");
             }
-            self.down(view, metrics);
+            self.down(view, metrics, silence);
             if started.elapsed() > 2 * BACKOFF_MAX {
                 backoff = BACKOFF_MIN; // it was up for a while: retry promptly
             }
@@ -205,7 +211,7 @@ impl NodeLink {
                     lock(&self.seen).load = Some((report.clone(), Instant::now()));
                     let mut view = lock(view);
                     view.handle_load(&self.node, report, Instant::now(), conn.rtt());
-                    self.publish(&view, metrics);
+                    self.publish(&view, metrics, silence);
                 }
                 Some(Message::KvEvents(events)) => lock(view).handle_kv_events(&self.node, &events),
                 Some(other) => {

@@ -3,9 +3,10 @@
 //!
 //! - [`link`] — one QUIC connection per node, kept up by a subscription to its load reports.
 //! - [`attempt`] — one request stream on one instance.
+//! - [`topology`] — the links and instances followed from the control plane.
 //!
-//! **Failover.** When the node dies mid-stream (its link drops, the stream breaks, or it fails
-//! the request), the request is placed again, excluding instances it already failed on, with
+//! **Failover.** When the instance dies mid-stream (the link to any of its stage nodes drops,
+//! the driver's stream breaks, or the driver fails the request), the request is placed again, excluding instances it already failed on, with
 //! the prompt plus the tokens already sent as the new prompt and `max_tokens` reduced by them.
 //! Greedy decoding then continues the text exactly: no gap, no duplicate. At most
 //! `limits.max_attempts` instances are tried.
@@ -184,8 +185,9 @@ impl Shared {
         choice
     }
 
-    fn driver_link(&self, instance: &str) -> Option<Arc<NodeLink>> {
-        lock(&self.topology).driver_link(instance).cloned()
+    /// The links of `instance`'s driver and of its other stage nodes.
+    fn stage_links(&self, instance: &str) -> Option<(Arc<NodeLink>, Vec<Arc<NodeLink>>)> {
+        lock(&self.topology).stage_links(instance)
     }
 }
 
@@ -351,10 +353,12 @@ async fn start_first(shared: &Shared, job: &mut Job) -> Result<Running, GenError
 
 /// Starts an attempt on `choice`; on failure records the instance as failed.
 async fn try_start(shared: &Shared, job: &mut Job, choice: Choice) -> Option<Running> {
-    let started = match shared.driver_link(&choice.instance) {
-        Some(link) => Attempt::start(choice.instance.clone(), &link, &job.wire())
-            .await
-            .map_err(|e| e.to_string()),
+    let started = match shared.stage_links(&choice.instance) {
+        Some((driver, workers)) => {
+            Attempt::start(choice.instance.clone(), &driver, &workers, &job.wire())
+                .await
+                .map_err(|e| e.to_string())
+        }
         None => Err(format!("instance {} has no driver link", choice.instance)),
     };
     match started {
@@ -463,7 +467,7 @@ async fn relay(
     loop {
         let frame = tokio::select! {
             f = run.attempt.frames.recv() => f,
-            _ = run.attempt.node_down.changed() => return Outcome::Failover("the node went down".into()),
+            node = run.attempt.stages.down() => return Outcome::Failover(format!("node {node} went down")),
             () = tx.closed() => return Outcome::ClientGone,
         };
         let msg = match frame {

@@ -20,8 +20,8 @@ struct LinkHandle {
 #[derive(Default)]
 pub struct Topology {
     links: HashMap<String, LinkHandle>,
-    /// Instance id → its driver node.
-    drivers: HashMap<String, String>,
+    /// Instance id → its stage nodes in pipeline order (the driver first).
+    stages: HashMap<String, Vec<String>>,
     models: BTreeSet<String>,
 }
 
@@ -30,9 +30,14 @@ impl Topology {
         self.links.get(node).map(|h| &h.link)
     }
 
-    /// The driver node's link of `instance`.
-    pub fn driver_link(&self, instance: &str) -> Option<&Arc<NodeLink>> {
-        self.link(self.drivers.get(instance)?)
+    /// The links of `instance`'s driver and of its other stage nodes (those linked).
+    pub fn stage_links(&self, instance: &str) -> Option<(Arc<NodeLink>, Vec<Arc<NodeLink>>)> {
+        let (driver, workers) = self.stages.get(instance)?.split_first()?;
+        let workers = workers
+            .iter()
+            .filter_map(|n| self.link(n).cloned())
+            .collect();
+        Some((self.link(driver)?.clone(), workers))
     }
 
     pub fn has_model(&self, model: &str) -> bool {
@@ -64,6 +69,7 @@ pub fn instance_specs(state: &ClusterState) -> Vec<InstanceSpec> {
                 id: nodes.join("+"),
                 model: d.model.clone(),
                 driver: driver.node.clone(),
+                workers: nodes[1..].iter().map(|n| n.to_string()).collect(),
                 draining: nodes
                     .iter()
                     .any(|n| state.nodes.get(*n).is_some_and(|n| n.draining)),
@@ -103,9 +109,12 @@ pub fn apply(
         topo.links
             .insert(node.id.clone(), LinkHandle { link, stop });
     }
-    topo.drivers = specs
+    topo.stages = specs
         .iter()
-        .map(|s| (s.id.clone(), s.driver.clone()))
+        .map(|s| {
+            let nodes = std::iter::once(&s.driver).chain(&s.workers).cloned();
+            (s.id.clone(), nodes.collect())
+        })
         .collect();
     topo.models = state.deployments.keys().cloned().collect();
     let known = |node: &str| topo.link(node).and_then(|l| l.seen().info);
@@ -115,5 +124,70 @@ pub fn apply(
     if placer.policy() != state.policy {
         tracing::info!(policy = %state.policy, "routing policy changed");
         placer.set_policy(state.policy);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_raft::state::{Deployment, Hardware, Instance, Node, Stage};
+
+    #[test]
+    fn a_pipeline_is_named_by_its_stages_driven_by_stage_0_and_drained_by_any() {
+        let stage = |node: &str, layers| Stage {
+            node: node.into(),
+            layers,
+        };
+        let mut state = ClusterState::default();
+        state.deployments.insert(
+            "tiny".into(),
+            Deployment {
+                model: "tiny".into(),
+                source: "tiny".into(),
+                layers: 4,
+                instances: vec![
+                    Instance {
+                        stages: vec![
+                            stage("node-1", 0..2),
+                            stage("node-1-s1", 2..3),
+                            stage("node-1-s2", 3..4),
+                        ],
+                    },
+                    Instance {
+                        stages: vec![stage("node-2", 0..4)],
+                    },
+                ],
+            },
+        );
+        state.nodes.insert(
+            "node-1-s2".into(),
+            Node {
+                id: "node-1-s2".into(),
+                addr: "127.0.0.1:7003".parse().unwrap(),
+                cert_fingerprint: String::new(),
+                hardware: Hardware::default(),
+                draining: true,
+            },
+        );
+        let specs = instance_specs(&state);
+        assert_eq!(
+            specs,
+            [
+                InstanceSpec {
+                    id: "node-1+node-1-s1+node-1-s2".into(),
+                    model: "tiny".into(),
+                    driver: "node-1".into(),
+                    workers: vec!["node-1-s1".into(), "node-1-s2".into()],
+                    draining: true,
+                },
+                InstanceSpec {
+                    id: "node-2".into(),
+                    model: "tiny".into(),
+                    driver: "node-2".into(),
+                    workers: Vec::new(),
+                    draining: false,
+                },
+            ]
+        );
     }
 }
