@@ -109,6 +109,9 @@ impl PipelineExecutor {
             match self.link.results.recv_timeout(left) {
                 Ok(LinkEvent::Result(r)) if r.epoch == epoch && r.step == self.step => {
                     if let Some(why) = &r.error {
+                        // The stages below the failed one did not run the step's copies:
+                        // their blocks no longer match the driver's accounting.
+                        self.kv_lost = Some(format!("a pipeline stage failed a step: {why}"));
                         return Err(device(why.clone()));
                     }
                     got.insert(r.micro, r);
@@ -206,6 +209,7 @@ impl Executor for PipelineExecutor {
                 .zip(&plan.items)
                 .any(|((s, _), i)| *s != i.seq)
         {
+            self.kv_lost = Some("the last pipeline stage answered out of order".into());
             return Err(device(format!(
                 "the last stage returned {} tokens for {} items, or out of order",
                 out.tokens.len(),

@@ -198,6 +198,9 @@ impl DriverTask {
         let mut attempts = 0u32;
         let mut epoch = 0u64;
         loop {
+            if self.steps.is_closed() {
+                return; // the executor is gone
+            }
             epoch += 1;
             attempts = attempts.saturating_add(1);
             let mut open = self.open.clone();
