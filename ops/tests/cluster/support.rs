@@ -5,8 +5,14 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// One cluster at a time in this test binary: each is a dozen processes, and a 2-core CI machine
+/// running several at once starves their load reports (instances then look unhealthy).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub struct Cluster {
     child: Child,
+    /// Held while the cluster lives (dropped last).
+    _turn: std::sync::MutexGuard<'static, ()>,
     pub dir: PathBuf,
     pub url: String,
     /// (id, pid) of every node.
@@ -31,6 +37,8 @@ const UP_WAIT: Duration = Duration::from_secs(180);
 impl Cluster {
     /// `strata up --http 127.0.0.1:0` with `extra` arguments; waits for `cluster.json`.
     pub fn start(tag: &str, extra: &[&str]) -> Cluster {
+        // A test that panicked while holding the turn poisons it; the turn is still free.
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let dir = std::env::temp_dir().join(format!("strata-it-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -46,6 +54,7 @@ impl Cluster {
             .expect("spawn strata up");
         let mut cluster = Cluster {
             child,
+            _turn: turn,
             dir: dir.clone(),
             url: String::new(),
             nodes: Vec::new(),
