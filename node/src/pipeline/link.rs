@@ -3,6 +3,7 @@
 //! backoff when it breaks) and bridges it to the [`PipelineExecutor`](super::PipelineExecutor),
 //! which runs on the engine's thread and blocks on it.
 
+use super::wire;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -106,6 +107,20 @@ pub async fn open_chain(
         },
         Some(other) => Err(at(&format!("answered {} to StageOpen", other.kind()))),
         None => Err(at(&"closed the stream without answering")),
+    }
+}
+
+/// The next `StageResult` from the stage below (`from` names it), or why the stream can give
+/// no more: it ended, broke, or carried another message.
+pub(super) async fn recv_result(
+    recv: &mut MessageReceiver,
+    from: &str,
+) -> Result<StageResult, String> {
+    match recv.recv().await {
+        Ok(Some(Message::StageResult(r))) => Ok(r),
+        Ok(Some(other)) => Err(format!("{from} sent {} on the stage stream", other.kind())),
+        Ok(None) => Err(format!("{from} closed the stage stream")),
+        Err(e) => Err(format!("{from}: {e}")),
     }
 }
 
@@ -261,15 +276,7 @@ impl DriverTask {
             while let Some(step) = steps.recv().await {
                 if step.epoch != epoch {
                     // Sent for a chain that is gone: answer it here so nobody waits.
-                    let stale = StageResult {
-                        epoch: step.epoch,
-                        step: step.step,
-                        micro: step.micro,
-                        tokens: Vec::new(),
-                        logits: Vec::new(),
-                        transfer_bytes: 0,
-                        error: Some("the pipeline chain was reopened".into()),
-                    };
+                    let stale = wire::failed(&step, "the pipeline chain was reopened".into());
                     if results.try_send(LinkEvent::Result(stale)).is_err() {
                         return "the executor's result queue is full".to_string();
                     }
@@ -283,23 +290,16 @@ impl DriverTask {
         };
         let reader = async {
             loop {
-                match recv.recv().await {
-                    Ok(Some(Message::StageResult(r))) => {
-                        match results_up.try_send(LinkEvent::Result(r)) {
-                            Ok(()) => {}
-                            Err(TrySendError::Full(_)) => {
-                                return "stage 1 answered more than it was asked".to_string();
-                            }
-                            Err(TrySendError::Disconnected(_)) => {
-                                return "the driver stopped".to_string();
-                            }
-                        }
+                let r = match recv_result(&mut recv, "stage 1").await {
+                    Ok(r) => r,
+                    Err(why) => return why,
+                };
+                match results_up.try_send(LinkEvent::Result(r)) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        return "stage 1 answered more than it was asked".to_string();
                     }
-                    Ok(Some(other)) => {
-                        return format!("stage 1 sent {} on the stage stream", other.kind());
-                    }
-                    Ok(None) => return "stage 1 closed the stage stream".to_string(),
-                    Err(e) => return format!("stage 1: {e}"),
+                    Err(TrySendError::Disconnected(_)) => return "the driver stopped".to_string(),
                 }
             }
         };

@@ -4,7 +4,9 @@
 
 use crate::kv::BlockId;
 use crate::sched::plan::{CopyOp, LayerKv, Sampling, StepPlan, WorkItem, WorkKind};
-use strata_transport::proto::{WireBlock, WireLayerKv, WireSampling, WireWorkItem};
+use strata_transport::proto::{
+    StageResult, StageStep, WireBlock, WireLayerKv, WireSampling, WireWorkItem,
+};
 
 fn block_to_wire(b: BlockId) -> WireBlock {
     WireBlock {
@@ -55,7 +57,7 @@ pub fn item_to_wire(item: &WorkItem) -> WireWorkItem {
     }
 }
 
-fn item_from_wire(w: WireWorkItem) -> Result<WorkItem, String> {
+fn item_from_wire(w: &WireWorkItem) -> Result<WorkItem, String> {
     let layers = w
         .layers
         .iter()
@@ -78,7 +80,7 @@ fn item_from_wire(w: WireWorkItem) -> Result<WorkItem, String> {
         } else {
             WorkKind::Decode
         },
-        tokens: w.tokens,
+        tokens: w.tokens.clone(),
         start_pos: w.start_pos as usize,
         layers,
         sampling: Sampling {
@@ -94,7 +96,7 @@ fn item_from_wire(w: WireWorkItem) -> Result<WorkItem, String> {
 /// The plan a received micro-batch describes.
 pub fn plan_from_wire(
     copies: &[(WireBlock, WireBlock)],
-    items: Vec<WireWorkItem>,
+    items: &[WireWorkItem],
 ) -> Result<StepPlan, String> {
     let copies = copies
         .iter()
@@ -105,11 +107,21 @@ pub fn plan_from_wire(
             })
         })
         .collect::<Result<_, String>>()?;
-    let items = items
-        .into_iter()
-        .map(item_from_wire)
-        .collect::<Result<_, _>>()?;
+    let items = items.iter().map(item_from_wire).collect::<Result<_, _>>()?;
     Ok(StepPlan { copies, items })
+}
+
+/// The answer to `step` when it cannot be computed: no tokens, and why.
+pub fn failed(step: &StageStep, why: String) -> StageResult {
+    StageResult {
+        epoch: step.epoch,
+        step: step.step,
+        micro: step.micro,
+        tokens: Vec::new(),
+        logits: Vec::new(),
+        transfer_bytes: 0,
+        error: Some(why),
+    }
 }
 
 /// Rows (tokens) of a micro-batch's items.
@@ -151,7 +163,7 @@ mod tests {
             src: BlockId::gpu(3),
             dst: BlockId::host(8),
         }];
-        let back = plan_from_wire(&copies_to_wire(&copies), vec![item_to_wire(&item)]).unwrap();
+        let back = plan_from_wire(&copies_to_wire(&copies), &[item_to_wire(&item)]).unwrap();
         assert_eq!(
             back,
             StepPlan {
@@ -167,7 +179,7 @@ mod tests {
             WireBlock { tier: 2, index: 0 },
             WireBlock { tier: 0, index: 0 },
         );
-        let err = plan_from_wire(&[bad], vec![]).unwrap_err();
+        let err = plan_from_wire(&[bad], &[]).unwrap_err();
         assert!(err.contains("tier 2"), "{err}");
     }
 }

@@ -3,7 +3,7 @@
 //! stream to the next stage, computes each micro-batch on a thread of its own, passes the
 //! activations on (or, as the last stage, samples) and relays results back up.
 
-use super::link::{LinkLimits, NextStage, STEP_QUEUE, open_chain};
+use super::link::{LinkLimits, NextStage, STEP_QUEUE, open_chain, recv_result};
 use super::wire;
 use crate::exec::{PoolSizes, StageExecutor, StageInput, StageOutput};
 use std::collections::HashMap;
@@ -257,19 +257,13 @@ impl StageWorker {
             };
             let from_below = async {
                 loop {
-                    match recv.recv().await {
-                        Ok(Some(Message::StageResult(mut r))) => {
-                            r.transfer_bytes +=
-                                lock(&moved).remove(&(r.step, r.micro)).unwrap_or(0);
-                            if up_tx.send(r).await.is_err() {
-                                return "the chain is ending".to_string();
-                            }
-                        }
-                        Ok(Some(other)) => {
-                            return format!("unexpected {} from the next stage", other.kind());
-                        }
-                        Ok(None) => return "the next stage closed the chain".to_string(),
-                        Err(e) => return format!("the next stage: {e}"),
+                    let mut r = match recv_result(&mut recv, "the next stage").await {
+                        Ok(r) => r,
+                        Err(why) => return why,
+                    };
+                    r.transfer_bytes += lock(&moved).remove(&(r.step, r.micro)).unwrap_or(0);
+                    if up_tx.send(r).await.is_err() {
+                        return "the chain is ending".to_string();
                     }
                 }
             };
@@ -332,69 +326,23 @@ impl StageWorker {
 }
 
 /// One micro-batch through this stage.
-fn compute(exec: &mut dyn StageExecutor, step: StageStep, name: &str) -> Computed {
-    let answer = |step: &StageStep, error: Option<String>| StageResult {
-        epoch: step.epoch,
-        step: step.step,
-        micro: step.micro,
-        tokens: Vec::new(),
-        logits: Vec::new(),
-        transfer_bytes: 0,
-        error,
-    };
-    let StageStep {
-        epoch,
-        step: id,
-        micro,
-        copies,
-        items,
-        hidden,
-    } = step;
-    let plan = match wire::plan_from_wire(&copies, items.clone()) {
+fn compute(exec: &mut dyn StageExecutor, mut step: StageStep, name: &str) -> Computed {
+    let plan = match wire::plan_from_wire(&step.copies, &step.items) {
         Ok(p) => p,
-        Err(e) => {
-            let s = StageStep {
-                epoch,
-                step: id,
-                micro,
-                copies,
-                items,
-                hidden: Vec::new(),
-            };
-            return Computed::Answer(answer(&s, Some(format!("{name}: {e}"))));
-        }
+        Err(e) => return Computed::Answer(wire::failed(&step, format!("{name}: {e}"))),
     };
-    match exec.run_stage(&plan, StageInput::Hidden(&hidden)) {
-        Ok((StageOutput::Hidden(out), bytes)) => Computed::Forward(
-            StageStep {
-                epoch,
-                step: id,
-                micro,
-                copies,
-                items,
-                hidden: out,
-            },
-            bytes,
-        ),
+    match exec.run_stage(&plan, StageInput::Hidden(&step.hidden)) {
+        Ok((StageOutput::Hidden(out), bytes)) => {
+            step.hidden = out;
+            Computed::Forward(step, bytes)
+        }
         Ok((StageOutput::Sampled { tokens, logits }, bytes)) => Computed::Answer(StageResult {
-            epoch,
-            step: id,
-            micro,
             tokens,
             logits,
             transfer_bytes: bytes,
             error: None,
+            ..wire::failed(&step, String::new())
         }),
-        Err(e) => {
-            let s = StageStep {
-                epoch,
-                step: id,
-                micro,
-                copies,
-                items,
-                hidden: Vec::new(),
-            };
-            Computed::Answer(answer(&s, Some(format!("{name}: {e}"))))
-        }
+        Err(e) => Computed::Answer(wire::failed(&step, format!("{name}: {e}"))),
     }
 }

@@ -76,6 +76,19 @@ fn stage_executor(
     }
 }
 
+/// The chain of the driver's `own` layers and the stages `below` it, as `StageReady` names them.
+fn chain_of(
+    own: (u32, u32),
+    below: &[(u32, u32)],
+    layers: usize,
+) -> Result<ChainLayout, crate::pipeline::ChainError> {
+    let ranges = std::iter::once(own)
+        .chain(below.iter().copied())
+        .map(|(a, b)| a as usize..b as usize)
+        .collect();
+    ChainLayout::new(ranges, layers)
+}
+
 fn runtime() -> Result<tokio::runtime::Handle, ServiceError> {
     tokio::runtime::Handle::try_current().map_err(|_| {
         pipeline("a pipeline stage must be prepared inside a tokio runtime (spawn_blocking)".into())
@@ -119,14 +132,9 @@ pub(super) fn driver(
         epoch: 0,
     };
     let own = (range.start as u32, range.end as u32);
-    let first: Arc<OnceLock<Vec<(u32, u32)>>> = Arc::default();
-    let seen = first.clone();
+    let seen: Arc<OnceLock<Vec<(u32, u32)>>> = Arc::default();
     let check = move |below: &[(u32, u32)]| {
-        let ranges = std::iter::once(own)
-            .chain(below.iter().copied())
-            .map(|(a, b)| a as usize..b as usize)
-            .collect();
-        ChainLayout::new(ranges, layers)
+        chain_of(own, below, layers)
             .map_err(|e| format!("the chain's stages do not tile the model: {e}"))?;
         match seen.get() {
             None => {
@@ -187,11 +195,7 @@ pub(super) fn driver(
             )));
         }
     };
-    let ranges = std::iter::once(own)
-        .chain(below.iter().copied())
-        .map(|(a, b)| a as usize..b as usize)
-        .collect();
-    let chain = ChainLayout::new(ranges, layers).map_err(|e| pipeline(e.to_string()))?;
+    let chain = chain_of(own, &below, layers).map_err(|e| pipeline(e.to_string()))?;
     progress(&format!(
         "chain open: stages {:?}, {} layer slots",
         chain.stages(),

@@ -28,7 +28,7 @@ const PROBE: RequestId = RequestId(2);
 
 /// A cost model where offloading always hides under prefill compute, and streaming an
 /// offloaded layer during decode is free (`stream`) or slower than a decode layer.
-fn cost(stream: bool) -> CostProfile {
+pub fn cost(stream: bool) -> CostProfile {
     CostProfile {
         prefill: PrefillCoeffs {
             a0: 1.0,

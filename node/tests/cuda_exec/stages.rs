@@ -4,6 +4,7 @@
 //! on every stage.
 
 use super::gpu::gpu;
+use super::scenario::cost;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::time::Duration;
@@ -16,9 +17,7 @@ use strata_node::kv::KvLayout;
 use strata_node::model::ModelSource;
 use strata_node::sched::plan::StepPlan;
 use strata_node::sched::{Event, Mode, Request, SchedulerConfig, StreamDecode};
-use strata_transport::proto::{
-    CostProfile, DecodeCoeffs, PrefillCoeffs, RequestId, TransferCoeffs,
-};
+use strata_transport::proto::RequestId;
 
 const SEED: u64 = 5;
 const LAYERS: usize = 4; // the tiny preset
@@ -54,26 +53,6 @@ impl Executor for Chain {
             }
         }
         Ok(out)
-    }
-}
-
-fn cost() -> CostProfile {
-    CostProfile {
-        prefill: PrefillCoeffs {
-            a0: 1.0,
-            a1: 1e-6,
-            a2: 1e-9,
-        },
-        decode: DecodeCoeffs {
-            d0: 1e-4,
-            d1: 1e-6,
-            d2: 1e-9,
-        },
-        transfer: TransferCoeffs {
-            t0: 0.0,
-            bw_bytes_per_s: f64::INFINITY,
-        },
-        step_overhead_s: 0.0,
     }
 }
 
@@ -116,7 +95,7 @@ fn run(
             pools: p,
         },
         layout,
-        cost(),
+        cost(true),
         exec,
     )
     .unwrap();

@@ -9,6 +9,7 @@
 use anyhow::bail;
 use std::net::SocketAddr;
 use std::ops::Range;
+use strata_node::pipeline::ChainLayout;
 use strata_raft::state::{Instance, Stage};
 
 /// One stage node to start.
@@ -117,20 +118,15 @@ fn stage_id(i: usize, k: usize) -> String {
 /// `0..layers` in `stages` contiguous ranges, sizes differing by at most one, larger first.
 /// `1 ≤ stages ≤ layers`.
 pub fn split_layers(layers: u32, stages: u32) -> Vec<Range<u32>> {
-    debug_assert!(
-        stages >= 1 && stages <= layers,
-        "{stages} stages of {layers} layers"
-    );
-    let (base, extra) = (layers / stages, layers % stages);
-    let mut first = 0;
-    (0..stages)
-        .map(|k| {
-            let end = first + base + u32::from(k < extra);
-            let r = first..end;
-            first = end;
-            r
+    // `Layout::new` refuses no stage and more stages than layers before it asks.
+    ChainLayout::even(layers as usize, stages as usize)
+        .map(|c| {
+            c.stages()
+                .iter()
+                .map(|r| r.start as u32..r.end as u32)
+                .collect()
         })
-        .collect()
+        .unwrap_or_default()
 }
 
 /// The `[stage]` section of a stage node's config: its layers and, unless it is the last
