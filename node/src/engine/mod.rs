@@ -45,7 +45,12 @@ pub struct StepReport {
     /// Decodes that read some layer through staging (streamed from the host).
     pub streamed_decodes: usize,
     pub copies: usize,
+    /// The plan's copies as the executors issue them: runs of blocks consecutive on both sides.
+    pub copy_runs: usize,
     pub transfer_bytes: u64,
+    /// What the scheduler's cost profile predicted for the step (`sim` takes this as its
+    /// duration); beside `elapsed` it shows where a real executor departs from the model.
+    pub modelled: crate::exec::sim::StepModel,
     /// Prefix-cache changes of this step, per tier (what a node publishes to routers).
     pub kv_events: Vec<KvEvent>,
 }
@@ -131,6 +136,8 @@ impl Engine {
                 .filter(|i| i.kind == crate::sched::WorkKind::Prefill)
                 .count(),
             copies: plan.copies.len(),
+            copy_runs: crate::exec::copy_runs(&plan.copies).len(),
+            modelled: crate::exec::sim::model_step(self.sched.cost(), self.kv.layout(), &plan),
             ..StepReport::default()
         };
         report.decodes = plan.items.len() - report.prefills;

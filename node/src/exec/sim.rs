@@ -42,45 +42,14 @@ impl Executor for SimExecutor {
 
     fn execute(&mut self, plan: &StepPlan) -> Result<StepOutput, ExecError> {
         let layers = self.layout.layers;
-        let block_bytes = self.layout.block_bytes();
-        let mut compute_s = if plan.items.is_empty() {
-            0.0
-        } else {
-            self.cost.step_overhead_s
-        };
-        let (mut batch, mut sum_ctx) = (0usize, 0usize);
-        let mut transfer_bytes = 0u64;
-        for item in &plan.items {
-            if item.layers.len() != layers {
-                return Err(ExecError::InvalidPlan(format!(
-                    "{} has {} layer tables for {layers} layers",
-                    item.seq,
-                    item.layers.len()
-                )));
-            }
-            match item.kind {
-                WorkKind::Prefill => {
-                    compute_s +=
-                        layers as f64 * self.cost.prefill_layer_s(item.tokens.len(), item.start_pos)
-                }
-                WorkKind::Decode => {
-                    batch += 1;
-                    sum_ctx += item.start_pos + 1;
-                }
-            }
-            for layer in item.layers.iter().filter(|l| l.staged) {
-                let host = layer.blocks.iter().filter(|b| b.tier == Tier::Host).count();
-                transfer_bytes += host as u64 * block_bytes;
-            }
+        if let Some(item) = plan.items.iter().find(|i| i.layers.len() != layers) {
+            return Err(ExecError::InvalidPlan(format!(
+                "{} has {} layer tables for {layers} layers",
+                item.seq,
+                item.layers.len()
+            )));
         }
-        compute_s += layers as f64 * self.cost.decode_layer_s(batch, sum_ctx);
-        let crossing = plan
-            .copies
-            .iter()
-            .filter(|c| c.src.tier != c.dst.tier)
-            .count();
-        transfer_bytes += crossing as u64 * block_bytes;
-        let transfer_s = self.cost.transfer_s(transfer_bytes);
+        let model = model_step(&self.cost, &self.layout, plan);
         let tokens = plan
             .items
             .iter()
@@ -92,8 +61,71 @@ impl Executor for SimExecutor {
         Ok(StepOutput {
             tokens,
             logits: Vec::new(),
-            elapsed: Duration::from_secs_f64(compute_s.max(transfer_s)),
-            transfer_bytes,
+            elapsed: model.elapsed(),
+            transfer_bytes: model.transfer_bytes,
         })
+    }
+}
+
+/// What the cost profile says a plan costs, with copies on engines beside compute.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepModel {
+    /// Seconds of compute: prefills, the batched decode, the step's fixed cost.
+    pub compute_s: f64,
+    /// Bytes that cross tiers: the plan's copies and the host blocks of staged layers.
+    pub transfer_bytes: u64,
+    /// The part of `transfer_bytes` that the plan's copies move.
+    pub copy_bytes: u64,
+    /// Seconds those bytes take.
+    pub transfer_s: f64,
+}
+
+impl StepModel {
+    /// The step's duration: compute and transfers overlap.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_secs_f64(self.compute_s.max(self.transfer_s))
+    }
+}
+
+/// Models `plan` with `cost` (what the `sim` executor takes as a step's duration, and what the
+/// engine reports beside a real executor's measured time).
+pub fn model_step(cost: &CostProfile, layout: &KvLayout, plan: &StepPlan) -> StepModel {
+    let layers = layout.layers;
+    let block_bytes = layout.block_bytes();
+    let mut compute_s = if plan.items.is_empty() {
+        0.0
+    } else {
+        cost.step_overhead_s
+    };
+    let (mut batch, mut sum_ctx) = (0usize, 0usize);
+    let mut transfer_bytes = 0u64;
+    for item in &plan.items {
+        match item.kind {
+            WorkKind::Prefill => {
+                compute_s += layers as f64 * cost.prefill_layer_s(item.tokens.len(), item.start_pos)
+            }
+            WorkKind::Decode => {
+                batch += 1;
+                sum_ctx += item.start_pos + 1;
+            }
+        }
+        for layer in item.layers.iter().filter(|l| l.staged) {
+            let host = layer.blocks.iter().filter(|b| b.tier == Tier::Host).count();
+            transfer_bytes += host as u64 * block_bytes;
+        }
+    }
+    compute_s += layers as f64 * cost.decode_layer_s(batch, sum_ctx);
+    let crossing = plan
+        .copies
+        .iter()
+        .filter(|c| c.src.tier != c.dst.tier)
+        .count();
+    let copy_bytes = crossing as u64 * block_bytes;
+    transfer_bytes += copy_bytes;
+    StepModel {
+        compute_s,
+        transfer_bytes,
+        copy_bytes,
+        transfer_s: cost.transfer_s(transfer_bytes),
     }
 }

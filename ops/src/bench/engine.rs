@@ -440,6 +440,7 @@ pub fn run(args: EngineArgs) -> anyhow::Result<()> {
             report.transfer_gb,
             report.admission_stops
         );
+        println!("{:>10}  {}", "", totals.breakdown());
         reports.push(report);
     }
     print_table(&reports);

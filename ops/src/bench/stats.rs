@@ -36,18 +36,76 @@ pub struct StepTotals {
     pub decode_steps: u64,
     pub decodes: u64,
     pub transfer_bytes: u64,
+    /// Runs of consecutive blocks the plans' copies were issued as, and their bytes.
+    pub copy_runs: u64,
+    pub copy_bytes: u64,
+    /// Decodes that streamed offloaded layers through staging.
+    pub streamed_decodes: u64,
+    /// Steps and seconds by kind (see [`STEP_KINDS`]).
+    pub kinds: [KindTime; 4],
 }
+
+/// Steps of one kind: how many, their measured and their modelled seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct KindTime {
+    pub steps: u64,
+    pub measured_s: f64,
+    pub modelled_s: f64,
+}
+
+/// The names of [`StepTotals::kinds`], in order: steps with a prefill, decode-only steps
+/// without and with streamed layers, copy-only steps.
+pub const STEP_KINDS: [&str; 4] = ["prefill", "decode", "streamed", "copies"];
 
 impl StepTotals {
     pub fn add(&mut self, r: &strata_node::engine::StepReport) {
         if r.prefills + r.decodes > 0 || r.copies > 0 {
             self.steps += 1;
+        } else {
+            return;
         }
         if r.decodes > 0 {
             self.decode_steps += 1;
             self.decodes += r.decodes as u64;
         }
         self.transfer_bytes += r.transfer_bytes;
+        self.copy_runs += r.copy_runs as u64;
+        self.copy_bytes += r.modelled.copy_bytes;
+        self.streamed_decodes += r.streamed_decodes as u64;
+        let kind = if r.prefills > 0 {
+            0
+        } else if r.streamed_decodes > 0 {
+            2
+        } else if r.decodes > 0 {
+            1
+        } else {
+            3
+        };
+        let k = &mut self.kinds[kind];
+        k.steps += 1;
+        k.measured_s += r.elapsed.as_secs_f64();
+        k.modelled_s += r.modelled.elapsed().as_secs_f64();
+    }
+
+    /// One line: time by step kind, measured against modelled, and the copies' runs.
+    pub fn breakdown(&self) -> String {
+        let kinds: Vec<String> = STEP_KINDS
+            .iter()
+            .zip(&self.kinds)
+            .map(|(name, k)| {
+                format!(
+                    "{name} {} steps {:.2}s (model {:.2}s)",
+                    k.steps, k.measured_s, k.modelled_s
+                )
+            })
+            .collect();
+        format!(
+            "{}; copies {:.1} GB in {} runs; {} streamed decodes",
+            kinds.join(", "),
+            self.copy_bytes as f64 / 1e9,
+            self.copy_runs,
+            self.streamed_decodes
+        )
     }
 }
 
@@ -82,6 +140,11 @@ pub struct ModeReport {
     pub transfer_gb: f64,
     /// Steps in which admission stopped, by reason.
     pub admission_stops: AdmissionStops,
+    /// Steps and seconds (measured and as the cost profile models them) by kind: steps with a
+    /// prefill, decode-only steps, copy-only steps.
+    pub step_kinds: std::collections::BTreeMap<String, KindTime>,
+    /// Runs of consecutive blocks the plans' copies were issued as.
+    pub copy_runs: u64,
 }
 
 impl ModeReport {
@@ -147,6 +210,12 @@ impl ModeReport {
             mean_decode_batch: steps.decodes as f64 / steps.decode_steps.max(1) as f64,
             transfer_gb: steps.transfer_bytes as f64 / 1e9,
             admission_stops,
+            step_kinds: STEP_KINDS
+                .iter()
+                .zip(&steps.kinds)
+                .map(|(n, k)| (n.to_string(), *k))
+                .collect(),
+            copy_runs: steps.copy_runs,
         }
     }
 }
