@@ -153,6 +153,40 @@ impl Gpu {
         }
     }
 
+    /// `y = rms_norm(x) · wᵀ` from the f32 residual `x`: one fused kernel for decode-sized
+    /// steps (the same bits as the two steps), else the norm into `normed`, then [`Gpu::linear`].
+    #[allow(clippy::too_many_arguments)]
+    fn norm_linear(
+        &self,
+        y: u64,
+        out: Out,
+        x: u64,
+        norm_w: u64,
+        w: u64,
+        rows: usize,
+        m: usize,
+    ) -> Result<(), ExecError> {
+        let k = self.dims.hidden;
+        if self.k.norm_gemv_fits(rows, k) {
+            let eps = self.dims.eps;
+            let bf16_out = out == Out::Bf16;
+            self.k
+                .gemv_rms(&self.compute, y, x, norm_w, w, rows, m, k, eps, bf16_out)
+        } else {
+            let normed = self.ws.normed.ptr();
+            self.k.rms_norm(
+                &self.compute,
+                normed,
+                x,
+                norm_w,
+                rows,
+                k as i32,
+                self.dims.eps,
+            )?;
+            self.linear(y, out, normed, w, rows, m, k, false)
+        }
+    }
+
     /// Runs the plan's copies across the two copy streams in list order, and orders compute
     /// and staging after them. Returns the bytes that crossed host ↔ device.
     fn run_copies(&mut self, plan: &StepPlan) -> Result<u64, ExecError> {
@@ -355,24 +389,14 @@ impl Gpu {
         let mut staged_layers = vec![false; d.layers];
         for l in 0..d.layers {
             let lw = &w.layers[l];
-            k.rms_norm(
-                c,
-                ws.normed.ptr(),
-                ws.x.ptr(),
-                lw.attn_norm.ptr(),
-                rows,
-                h as i32,
-                d.eps,
-            )?;
-            self.linear(
+            self.norm_linear(
                 ws.qkv.ptr(),
                 Out::F32,
-                ws.normed.ptr(),
+                ws.x.ptr(),
+                lw.attn_norm.ptr(),
                 lw.wqkv.ptr(),
                 rows,
                 sh.qkv_width(),
-                h,
-                false,
             )?;
             let bias = lw.bqkv.as_ref().map_or(0, |b| b.ptr());
             k.rope_qkv(
@@ -488,24 +512,14 @@ impl Gpu {
                 sh.q_dim(),
                 true,
             )?;
-            k.rms_norm(
-                c,
-                ws.normed.ptr(),
-                ws.x.ptr(),
-                lw.mlp_norm.ptr(),
-                rows,
-                h as i32,
-                d.eps,
-            )?;
-            self.linear(
+            self.norm_linear(
                 ws.gu.ptr(),
                 Out::Bf16,
-                ws.normed.ptr(),
+                ws.x.ptr(),
+                lw.mlp_norm.ptr(),
                 lw.w_gate_up.ptr(),
                 rows,
                 2 * ff,
-                h,
-                false,
             )?;
             k.silu_mul(c, ws.act.ptr(), ws.gu.ptr(), ff as i32, rows)?;
             self.linear(

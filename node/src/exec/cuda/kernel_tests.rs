@@ -299,6 +299,132 @@ fn gemm_bf16_matches_the_reference_in_f32_and_bf16_and_accumulates() {
     }
 }
 
+/// ‖got − want‖ / ‖want‖ over the normalized rows: `bf16(x / rms(x) · g)` in f64, then rounded
+/// as the kernels round it.
+fn normed_rows(x: &[f32], g: &[f32], rows: usize, k: usize, eps: f64) -> Vec<f64> {
+    let mut out = Vec::with_capacity(rows * k);
+    for r in 0..rows {
+        let xr = &x[r * k..(r + 1) * k];
+        let ms = xr.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / k as f64;
+        let inv = 1.0 / (ms + eps).sqrt();
+        out.extend(
+            xr.iter()
+                .zip(g)
+                .map(|(&v, &w)| bf16::from_f64(v as f64 * inv * w as f64).to_f64()),
+        );
+    }
+    out
+}
+
+fn bits_f32(b: &DeviceBuf, n: usize) -> Vec<u32> {
+    down_f32(b, n).iter().map(|v| v.to_bits()).collect()
+}
+
+fn bits_bf16(b: &DeviceBuf, n: usize) -> Vec<u16> {
+    let mut v = vec![bf16::ZERO; n];
+    b.download(&mut v, "test output").unwrap();
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn gemv_rms_is_rms_norm_then_gemv_bit_for_bit() {
+    let Some(e) = env(SMALL) else { return };
+    let mut rng = Rng::derive(15, 0);
+    let eps = 1e-5f32;
+    // k not a multiple of the 512 threads; 4096 (8B); 8192 × 4 rows needs the opt-in (64 KiB).
+    for (k, m) in [(200usize, 37usize), (4096, 40), (8192, 19)] {
+        assert!(e.k.norm_gemv_fits(4, k), "rows of {k} fit");
+        let x = randn(&mut rng, 4 * k, 3.0);
+        let g = randn(&mut rng, k, 1.5);
+        let w = to_bf16(&randn(&mut rng, m * k, 1.0));
+        let (xb, gb, wb) = (up(&x), up(&g), up(&w));
+        let normed_ref = normed_rows(&x, &g, 4, k, eps as f64);
+        for rows in 1..=super::kernels::GEMV_ROWS {
+            let normed = poisoned(rows * k * 2);
+            e.k.rms_norm(&e.s, normed.ptr(), xb.ptr(), gb.ptr(), rows, k as i32, eps)
+                .unwrap();
+            let (want_f, want_b) = (poisoned(rows * m * 4), poisoned(rows * m * 2));
+            e.k.gemv_bf16(
+                &e.s,
+                want_f.ptr(),
+                normed.ptr(),
+                wb.ptr(),
+                rows,
+                m,
+                k,
+                false,
+                false,
+            )
+            .unwrap();
+            e.k.gemv_bf16(
+                &e.s,
+                want_b.ptr(),
+                normed.ptr(),
+                wb.ptr(),
+                rows,
+                m,
+                k,
+                true,
+                false,
+            )
+            .unwrap();
+            let (got_f, got_b) = (poisoned(rows * m * 4), poisoned(rows * m * 2));
+            e.k.gemv_rms(
+                &e.s,
+                got_f.ptr(),
+                xb.ptr(),
+                gb.ptr(),
+                wb.ptr(),
+                rows,
+                m,
+                k,
+                eps,
+                false,
+            )
+            .unwrap();
+            e.k.gemv_rms(
+                &e.s,
+                got_b.ptr(),
+                xb.ptr(),
+                gb.ptr(),
+                wb.ptr(),
+                rows,
+                m,
+                k,
+                eps,
+                true,
+            )
+            .unwrap();
+            e.s.sync("test").unwrap();
+            let n = rows * m;
+            let mut want = vec![0f64; n];
+            for r in 0..rows {
+                for j in 0..m {
+                    want[r * m + j] = (0..k)
+                        .map(|i| normed_ref[r * k + i] * w[j * k + i].to_f64())
+                        .sum();
+                }
+            }
+            let ef = rel_err(&down_f32(&got_f, n), &want, "gemv_rms f32");
+            let eb = rel_err(&down_bf16(&got_b, n), &want, "gemv_rms bf16");
+            assert!(
+                ef < 2e-3 && eb < 5e-3,
+                "k {k}, {rows} rows: errors {ef:e} {eb:e}"
+            );
+            assert_eq!(
+                bits_f32(&got_f, n),
+                bits_f32(&want_f, n),
+                "k {k}, {rows} rows, f32"
+            );
+            assert_eq!(
+                bits_bf16(&got_b, n),
+                bits_bf16(&want_b, n),
+                "k {k}, {rows} rows, bf16"
+            );
+        }
+    }
+}
+
 /// A pool of random blocks, items with cached prefixes and new rows, tables through a shuffled
 /// pool and a staging buffer: kv_write, then prefill and decode attention, checked against
 /// attention in f64 over the very bf16 values in the blocks.

@@ -181,6 +181,15 @@ extern "C" __global__ void silu_mul(bf16* act, const bf16* gu, int ff, u64 n) {
 
 #define GEMV_ROWS 4
 
+// A 16-byte chunk of a weight row, read once: not kept in L1.
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
 extern "C" __global__ void __launch_bounds__(256) gemv_bf16(void* y, const bf16* x, const bf16* w, int rows,
                                                            int m, int k, int out_bf16, int accumulate) {
     int j = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
@@ -192,10 +201,7 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(void* y, const bf16*
     for (int r = 0; r < GEMV_ROWS; r++) acc[r] = 0.0f;
 #pragma unroll 4
     for (int i = lane; i < n; i += 32) {
-        uint4 wv;
-        asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                     : "=r"(wv.x), "=r"(wv.y), "=r"(wv.z), "=r"(wv.w)
-                     : "l"(wr + i));
+        uint4 wv = ld_stream(wr + i);
         const bf16* wh = (const bf16*)&wv;
 #pragma unroll
         for (int r = 0; r < GEMV_ROWS; r++) {
@@ -218,6 +224,123 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(void* y, const bf16*
                 float* yf = (float*)y;
                 yf[at] = accumulate ? yf[at] + v : v;
             }
+        }
+    }
+}
+
+// The decode GEMV with the RMSNorm in front: x is the f32 residual [rows, k], nw the norm's
+// weight. Each CTA normalizes the rows into shared memory as bf16 (dynamic, rows * k * 2 bytes)
+// with rms_norm's very arithmetic — 512 threads, each summing x[t], x[t + 512], ..., then
+// warp_sum and the same sum over the 16 warps' parts — so the products are bit for bit those of
+// rms_norm followed by gemv_bf16 (same chunk order per lane, same warp_sum). While the norm runs,
+// each warp's first weight chunks are already in flight. Grid: ceil(m / 16) CTAs of 512 threads.
+
+#define NORM_THREADS 512
+#define NORM_WARPS (NORM_THREADS / 32)
+#define GEMV_UNROLL 4
+
+// acc[r] += w·x[r] over the 8 elements of chunk i (gemv_bf16's inner step).
+__device__ __forceinline__ void dot_chunk(float* acc, uint4 wv, const bf16* xs, int i, int rows, int k) {
+    const bf16* wh = (const bf16*)&wv;
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) {
+        if (r < rows) {
+            uint4 xv = ((const uint4*)(xs + r * k))[i];
+            const bf16* xh = (const bf16*)&xv;
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[r] += bf2f(wh[e]) * bf2f(xh[e]);
+        }
+    }
+}
+
+// xs[r] = bf16(x[r] / rms(x[r]) * nw) for each row, as rms_norm computes it. All threads call.
+__device__ void rms_rows_to_shared(bf16* xs, const float* x, const float* nw, int rows, int k, float eps) {
+    __shared__ float part[GEMV_ROWS][NORM_WARPS];
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) {
+        if (r < rows) {
+            const float* xr = x + (u64)r * k;
+            float s = 0.0f;
+            for (int i = threadIdx.x; i < k; i += NORM_THREADS) s += xr[i] * xr[i];
+            s = warp_sum(s);
+            if (lane == 0) part[r][w] = s;
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) {
+        if (r < rows) {
+            float s = lane < NORM_WARPS ? part[r][lane] : 0.0f;
+            s = warp_sum(s);
+            float inv = rsqrtf(s / (float)k + eps);
+            const float* xr = x + (u64)r * k;
+            for (int i = threadIdx.x; i < k; i += NORM_THREADS) xs[r * k + i] = f2bf(xr[i] * inv * nw[i]);
+        }
+    }
+    __syncthreads();
+}
+
+// Weight rows `wr[0..NW)` of one warp times the normalized rows: acc[q][r] = w_q·xs[r].
+// Loads GEMV_UNROLL chunks per lane at a time (GEMV_UNROLL / NW of each row, in order); the
+// first ones are in flight before the norm.
+template <int NW>
+__device__ __forceinline__ void rms_gemv_warp(float (*acc)[GEMV_ROWS], const uint4* const* wr, bool live,
+                                              bf16* xs, const float* x, const float* nw, int rows, int k,
+                                              float eps) {
+    constexpr int U = GEMV_UNROLL / NW;
+    int lane = threadIdx.x & 31, n = k / 8;
+    uint4 pre[NW][U];
+#pragma unroll
+    for (int q = 0; q < NW; q++)
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            if (live && lane + 32 * u < n) pre[q][u] = ld_stream(wr[q] + lane + 32 * u);
+    rms_rows_to_shared(xs, x, nw, rows, k, eps);
+    if (!live) return;
+#pragma unroll
+    for (int q = 0; q < NW; q++) {
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++) acc[q][r] = 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+        for (int q = 0; q < NW; q++)
+            if (lane + 32 * u < n) dot_chunk(acc[q], pre[q][u], xs, lane + 32 * u, rows, k);
+    for (int i0 = lane + 32 * U; i0 < n; i0 += 32 * U) {
+        uint4 wv[NW][U];
+#pragma unroll
+        for (int q = 0; q < NW; q++)
+#pragma unroll
+            for (int u = 0; u < U; u++)
+                if (i0 + 32 * u < n) wv[q][u] = ld_stream(wr[q] + i0 + 32 * u);
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int q = 0; q < NW; q++)
+                if (i0 + 32 * u < n) dot_chunk(acc[q], wv[q][u], xs, i0 + 32 * u, rows, k);
+    }
+}
+
+// y[r, j] = rms_norm(x[r])·w[j] for rows ≤ GEMV_ROWS, as f32 or bf16 (then as gemv_bf16 rounds).
+extern "C" __global__ void __launch_bounds__(NORM_THREADS, 2) gemv_rms(void* y, const float* x, const float* nw,
+                                                                      const bf16* w, int rows, int m, int k,
+                                                                      float eps, int out_bf16) {
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    int j = blockIdx.x * NORM_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    bool live = j < m; // every thread takes part in the norm's barriers
+    const uint4* wr = (const uint4*)(w + (u64)(live ? j : 0) * k);
+    float acc[1][GEMV_ROWS];
+    rms_gemv_warp<1>(acc, &wr, live, (bf16*)dyn_smem, x, nw, rows, k, eps);
+    if (!live) return;
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) {
+        float v = warp_sum(acc[0][r]);
+        if (lane == 0 && r < rows) {
+            u64 at = (u64)r * m + j;
+            if (out_bf16) ((bf16*)y)[at] = f2bf(v);
+            else ((float*)y)[at] = v;
         }
     }
 }

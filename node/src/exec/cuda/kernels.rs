@@ -68,6 +68,10 @@ pub(crate) struct ItemMeta {
 pub(crate) const STAGED: u32 = 0x8000_0000;
 /// Steps of at most this many rows multiply by the weights with `gemv_bf16` (as in the source).
 pub(crate) const GEMV_ROWS: usize = 4;
+/// Threads of a CTA of the fused norm-and-GEMV kernels (`NORM_THREADS` in the source).
+const NORM_THREADS: u32 = 512;
+/// Output rows (warps) per CTA of the fused norm-and-GEMV kernels.
+const NORM_WARPS: usize = NORM_THREADS as usize / 32;
 /// Query rows per prefill-attention CTA.
 pub(crate) const PREFILL_ROWS: usize = 64;
 
@@ -84,11 +88,14 @@ pub(crate) struct Kernels {
     silu_mul: sys::CUfunction,
     attn_prefill: sys::CUfunction,
     gemv_bf16: sys::CUfunction,
+    gemv_rms: sys::CUfunction,
     attn_decode: sys::CUfunction,
     attn_decode_reduce: sys::CUfunction,
     argmax_rows: sys::CUfunction,
     sample_top_p: sys::CUfunction,
     pub(crate) shape: Shape,
+    /// Dynamic shared memory a fused norm-and-GEMV CTA may take (its normalized rows).
+    norm_smem_max: usize,
 }
 
 // SAFETY: module and function handles are usable from any thread with the context current.
@@ -168,6 +175,8 @@ impl Kernels {
             unsafe { result::module::get_function(module, CString::new(name).expect("no NUL")) }
                 .map_err(|e| dev(&format!("kernel {name}"), e))
         };
+        let gemv_rms = f("gemv_rms")?;
+        let norm_smem_max = allow_dynamic_smem(gemv_rms, "gemv_rms")?;
         Ok(Kernels {
             fill_uniform: f("fill_uniform")?,
             fill_value: f("fill_value")?,
@@ -179,14 +188,53 @@ impl Kernels {
             silu_mul: f("silu_mul")?,
             attn_prefill: f("attn_prefill")?,
             gemv_bf16: f("gemv_bf16")?,
+            gemv_rms,
             attn_decode: f("attn_decode")?,
             attn_decode_reduce: f("attn_decode_reduce")?,
             argmax_rows: f("argmax_rows")?,
             sample_top_p: f("sample_top_p")?,
             module,
             shape,
+            norm_smem_max,
         })
     }
+
+    /// Whether `gemv_rms` takes `rows` rows of `k` (its normalized rows fit in shared memory).
+    pub(crate) fn norm_gemv_fits(&self, rows: usize, k: usize) -> bool {
+        rows <= GEMV_ROWS && k.is_multiple_of(8) && rows * k * 2 <= self.norm_smem_max
+    }
+}
+
+/// Lets `f` take as much dynamic shared memory as the device allows a CTA beside the kernel's
+/// static shared memory (above the default 48 KiB: the opt-in), and returns that amount.
+fn allow_dynamic_smem(f: sys::CUfunction, name: &str) -> Result<usize, ExecError> {
+    use sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN as OPTIN;
+    use sys::CUfunction_attribute::{
+        CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYNAMIC,
+        CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES as STATIC,
+    };
+    let what = format!("shared memory of kernel {name}");
+    let mut device: sys::CUdevice = 0;
+    // SAFETY: the context is current (the module was just loaded in it); `device` is written.
+    unsafe { sys::cuCtxGetDevice(&mut device) }
+        .result()
+        .map_err(|e| dev(&what, e))?;
+    // SAFETY: a device of the current context, a function of the loaded module.
+    let (optin, fixed) = unsafe {
+        (
+            result::device::get_attribute(device, OPTIN),
+            result::function::get_function_attribute(f, STATIC),
+        )
+    };
+    let (optin, fixed) = (
+        optin.map_err(|e| dev(&what, e))?,
+        fixed.map_err(|e| dev(&what, e))?,
+    );
+    let dynamic = (optin - fixed).max(0);
+    // SAFETY: as above; the value is within what the device allows.
+    unsafe { result::function::set_function_attribute(f, MAX_DYNAMIC, dynamic) }
+        .map_err(|e| dev(&what, e))?;
+    Ok(dynamic as usize)
 }
 
 impl Drop for Kernels {
@@ -202,6 +250,7 @@ fn launch(
     name: &str,
     grid: (u32, u32, u32),
     block: u32,
+    smem_bytes: u32,
     stream: &Stream,
     args: &mut [*mut c_void],
 ) -> Result<(), ExecError> {
@@ -210,7 +259,7 @@ fn launch(
     }
     // SAFETY: the typed wrappers below pass exactly the kernel's parameters, in order, as
     // pointers to values of the kernel's types; device pointers are live buffers.
-    unsafe { result::launch_kernel(f, grid, (block, 1, 1), 0, stream.0, args) }
+    unsafe { result::launch_kernel(f, grid, (block, 1, 1), smem_bytes, stream.0, args) }
         .map_err(|e| dev(&format!("launching {name}"), e))
 }
 
@@ -238,6 +287,7 @@ impl Kernels {
             "fill_uniform",
             (grid_for(n, 256), 1, 1),
             256,
+            0,
             s,
             args!(out, n, seed, scale),
         )
@@ -249,6 +299,7 @@ impl Kernels {
             "fill_value",
             (grid_for(n, 256), 1, 1),
             256,
+            0,
             s,
             args!(out, n, v),
         )
@@ -268,6 +319,7 @@ impl Kernels {
             "embed_gather",
             (rows as u32, 1, 1),
             256,
+            0,
             s,
             args!(out, embed, tokens, hidden),
         )
@@ -287,6 +339,7 @@ impl Kernels {
             "gather_rows",
             (n as u32, 1, 1),
             256,
+            0,
             s,
             args!(out, x, rows_idx, hidden),
         )
@@ -307,6 +360,7 @@ impl Kernels {
             "rms_norm",
             (rows as u32, 1, 1),
             512,
+            0,
             s,
             args!(out, x, w, hidden, eps),
         )
@@ -328,6 +382,7 @@ impl Kernels {
             "rope_qkv",
             (rows as u32, 1, 1),
             256,
+            0,
             s,
             args!(qkv, bias, positions, cos, sin, q),
         )
@@ -349,6 +404,7 @@ impl Kernels {
             "kv_write",
             (rows as u32, 1, 1),
             256,
+            0,
             s,
             args!(qkv, row_item, items, table, pool, staging),
         )
@@ -368,6 +424,7 @@ impl Kernels {
             "silu_mul",
             (grid_for(n, 256), 1, 1),
             256,
+            0,
             s,
             args!(act, gu, ff, n),
         )
@@ -392,6 +449,7 @@ impl Kernels {
             "attn_prefill",
             grid,
             128,
+            0,
             s,
             args!(att, q, tiles, items, table, pool, staging, scale_log2),
         )
@@ -419,6 +477,7 @@ impl Kernels {
             "attn_decode",
             grid,
             128,
+            0,
             s,
             args!(
                 part_o, part_ml, q, item_ids, items, table, pool, staging, part_keys, parts,
@@ -444,6 +503,7 @@ impl Kernels {
             "attn_decode_reduce",
             grid,
             self.shape.head_dim as u32,
+            0,
             s,
             args!(att, part_o, part_ml, item_ids, items, parts),
         )
@@ -470,8 +530,39 @@ impl Kernels {
             "gemv_bf16",
             (m.div_ceil(8) as u32, 1, 1),
             256,
+            0,
             s,
             args!(y, x, w, rows, m_, k_, ob, acc),
+        )
+    }
+
+    /// `y = rms_norm(x) · wᵀ` for at most [`GEMV_ROWS`] rows of the f32 residual `x`, in one
+    /// kernel: bit for bit `rms_norm` then `gemv_bf16` (no accumulate). Only where
+    /// [`Kernels::norm_gemv_fits`].
+    pub(crate) fn gemv_rms(
+        &self,
+        s: &Stream,
+        y: u64,
+        x: u64,
+        norm_w: u64,
+        w: u64,
+        rows: usize,
+        m: usize,
+        k: usize,
+        eps: f32,
+        out_bf16: bool,
+    ) -> Result<(), ExecError> {
+        debug_assert!(self.norm_gemv_fits(rows, k));
+        let smem = (rows * k * 2) as u32;
+        let (rows, m_, k_, ob) = (rows as i32, m as i32, k as i32, out_bf16 as i32);
+        launch(
+            self.gemv_rms,
+            "gemv_rms",
+            (m.div_ceil(NORM_WARPS) as u32, 1, 1),
+            NORM_THREADS,
+            smem,
+            s,
+            args!(y, x, norm_w, w, rows, m_, k_, eps, ob),
         )
     }
 
@@ -488,6 +579,7 @@ impl Kernels {
             "argmax_rows",
             (rows as u32, 1, 1),
             1024,
+            0,
             s,
             args!(out, logits, vocab),
         )
@@ -509,6 +601,7 @@ impl Kernels {
             "sample_top_p",
             (rows as u32, 1, 1),
             1024,
+            0,
             s,
             args!(out, logits, vocab, temps, top_ps, us),
         )
