@@ -187,6 +187,27 @@ impl Gpu {
         }
     }
 
+    /// `act = silu(g) · u` for `[g | u] = rms_norm(x) · w_gate_upᵀ`: one fused kernel for
+    /// decode-sized steps (the same bits as the three steps), else the norm, [`Gpu::linear`]
+    /// into `gu` and `silu_mul`.
+    fn norm_gate_up(
+        &self,
+        x: u64,
+        norm_w: u64,
+        w_gate_up: u64,
+        rows: usize,
+    ) -> Result<(), ExecError> {
+        let (k, ff, eps) = (self.dims.hidden, self.dims.ff, self.dims.eps);
+        let (act, gu) = (self.ws.act.ptr(), self.ws.gu.ptr());
+        if self.k.norm_gemv_fits(rows, k) {
+            self.k
+                .gemv_rms_swiglu(&self.compute, act, x, norm_w, w_gate_up, rows, ff, k, eps)
+        } else {
+            self.norm_linear(gu, Out::Bf16, x, norm_w, w_gate_up, rows, 2 * ff)?;
+            self.k.silu_mul(&self.compute, act, gu, ff as i32, rows)
+        }
+    }
+
     /// Runs the plan's copies across the two copy streams in list order, and orders compute
     /// and staging after them. Returns the bytes that crossed host ↔ device.
     fn run_copies(&mut self, plan: &StepPlan) -> Result<u64, ExecError> {
@@ -512,16 +533,7 @@ impl Gpu {
                 sh.q_dim(),
                 true,
             )?;
-            self.norm_linear(
-                ws.gu.ptr(),
-                Out::Bf16,
-                ws.x.ptr(),
-                lw.mlp_norm.ptr(),
-                lw.w_gate_up.ptr(),
-                rows,
-                2 * ff,
-            )?;
-            k.silu_mul(c, ws.act.ptr(), ws.gu.ptr(), ff as i32, rows)?;
+            self.norm_gate_up(ws.x.ptr(), lw.mlp_norm.ptr(), lw.w_gate_up.ptr(), rows)?;
             self.linear(
                 ws.x.ptr(),
                 Out::F32,

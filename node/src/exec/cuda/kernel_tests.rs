@@ -425,6 +425,74 @@ fn gemv_rms_is_rms_norm_then_gemv_bit_for_bit() {
     }
 }
 
+#[test]
+fn gemv_rms_swiglu_is_gemv_rms_then_silu_mul_bit_for_bit() {
+    let Some(e) = env(SMALL) else { return };
+    let mut rng = Rng::derive(16, 0);
+    let eps = 1e-5f32;
+    for (k, ff) in [(200usize, 37usize), (4096, 50), (8192, 19)] {
+        assert!(e.k.norm_gemv_fits(4, k), "rows of {k} fit");
+        let x = randn(&mut rng, 4 * k, 3.0);
+        let g = randn(&mut rng, k, 1.5);
+        let w = to_bf16(&randn(&mut rng, 2 * ff * k, 1.0));
+        let (xb, gb, wb) = (up(&x), up(&g), up(&w));
+        let normed_ref = normed_rows(&x, &g, 4, k, eps as f64);
+        for rows in 1..=super::kernels::GEMV_ROWS {
+            let gu = poisoned(rows * 2 * ff * 2);
+            e.k.gemv_rms(
+                &e.s,
+                gu.ptr(),
+                xb.ptr(),
+                gb.ptr(),
+                wb.ptr(),
+                rows,
+                2 * ff,
+                k,
+                eps,
+                true,
+            )
+            .unwrap();
+            let want_b = poisoned(rows * ff * 2);
+            e.k.silu_mul(&e.s, want_b.ptr(), gu.ptr(), ff as i32, rows)
+                .unwrap();
+            let got = poisoned(rows * ff * 2);
+            e.k.gemv_rms_swiglu(
+                &e.s,
+                got.ptr(),
+                xb.ptr(),
+                gb.ptr(),
+                wb.ptr(),
+                rows,
+                ff,
+                k,
+                eps,
+            )
+            .unwrap();
+            e.s.sync("test").unwrap();
+            let dot = |r: usize, j: usize| -> f64 {
+                (0..k)
+                    .map(|i| normed_ref[r * k + i] * w[j * k + i].to_f64())
+                    .sum()
+            };
+            let mut want = Vec::with_capacity(rows * ff);
+            for r in 0..rows {
+                for j in 0..ff {
+                    let (gv, uv) = (dot(r, j), dot(r, ff + j));
+                    want.push(gv / (1.0 + (-gv).exp()) * uv);
+                }
+            }
+            let err = rel_err(&down_bf16(&got, rows * ff), &want, "gemv_rms_swiglu");
+            assert!(err < 1e-2, "k {k}, {rows} rows: error {err:e}");
+            let n = rows * ff;
+            assert_eq!(
+                bits_bf16(&got, n),
+                bits_bf16(&want_b, n),
+                "k {k}, {rows} rows"
+            );
+        }
+    }
+}
+
 /// A pool of random blocks, items with cached prefixes and new rows, tables through a shuffled
 /// pool and a staging buffer: kv_write, then prefill and decode attention, checked against
 /// attention in f64 over the very bf16 values in the blocks.

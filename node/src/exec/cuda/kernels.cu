@@ -345,6 +345,27 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS, 2) gemv_rms(void* y, 
     }
 }
 
+// act[r, j] = silu(g) * u with g = bf16(rms_norm(x[r])·w[j]) and u = bf16(rms_norm(x[r])·w[ff + j])
+// (w = [gate | up], [2 ff, k]): one warp takes both rows, so the result is bit for bit gemv_rms
+// into bf16 then silu_mul. Grid: ceil(ff / 16) CTAs of 512 threads.
+extern "C" __global__ void __launch_bounds__(NORM_THREADS, 2) gemv_rms_swiglu(bf16* act, const float* x,
+                                                                             const float* nw, const bf16* w,
+                                                                             int rows, int ff, int k, float eps) {
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    int j = blockIdx.x * NORM_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    bool live = j < ff;
+    const uint4* wr[2] = {(const uint4*)(w + (u64)(live ? j : 0) * k),
+                          (const uint4*)(w + (u64)(live ? ff + j : 0) * k)};
+    float acc[2][GEMV_ROWS];
+    rms_gemv_warp<2>(acc, wr, live, (bf16*)dyn_smem, x, nw, rows, k, eps);
+    if (!live) return;
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) {
+        float g = bf2f(f2bf(warp_sum(acc[0][r]))), u = bf2f(f2bf(warp_sum(acc[1][r])));
+        if (lane == 0 && r < rows) act[(u64)r * ff + j] = f2bf(g / (1.0f + __expf(-g)) * u);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Prefill attention: causal, GQA, paged over the layer's block table, tiled with an online
 // softmax, tensor cores (mma.sync m16n8k16 bf16). A CTA of 4 warps takes 64 query rows of one

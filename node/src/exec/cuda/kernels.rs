@@ -89,6 +89,7 @@ pub(crate) struct Kernels {
     attn_prefill: sys::CUfunction,
     gemv_bf16: sys::CUfunction,
     gemv_rms: sys::CUfunction,
+    gemv_rms_swiglu: sys::CUfunction,
     attn_decode: sys::CUfunction,
     attn_decode_reduce: sys::CUfunction,
     argmax_rows: sys::CUfunction,
@@ -176,7 +177,9 @@ impl Kernels {
                 .map_err(|e| dev(&format!("kernel {name}"), e))
         };
         let gemv_rms = f("gemv_rms")?;
-        let norm_smem_max = allow_dynamic_smem(gemv_rms, "gemv_rms")?;
+        let gemv_rms_swiglu = f("gemv_rms_swiglu")?;
+        let norm_smem_max = allow_dynamic_smem(gemv_rms, "gemv_rms")?
+            .min(allow_dynamic_smem(gemv_rms_swiglu, "gemv_rms_swiglu")?);
         Ok(Kernels {
             fill_uniform: f("fill_uniform")?,
             fill_value: f("fill_value")?,
@@ -189,6 +192,7 @@ impl Kernels {
             attn_prefill: f("attn_prefill")?,
             gemv_bf16: f("gemv_bf16")?,
             gemv_rms,
+            gemv_rms_swiglu,
             attn_decode: f("attn_decode")?,
             attn_decode_reduce: f("attn_decode_reduce")?,
             argmax_rows: f("argmax_rows")?,
@@ -199,7 +203,7 @@ impl Kernels {
         })
     }
 
-    /// Whether `gemv_rms` takes `rows` rows of `k` (its normalized rows fit in shared memory).
+    /// Whether `gemv_rms` and `gemv_rms_swiglu` take `rows` rows of `k` (its normalized rows fit in shared memory).
     pub(crate) fn norm_gemv_fits(&self, rows: usize, k: usize) -> bool {
         rows <= GEMV_ROWS && k.is_multiple_of(8) && rows * k * 2 <= self.norm_smem_max
     }
@@ -563,6 +567,35 @@ impl Kernels {
             smem,
             s,
             args!(y, x, norm_w, w, rows, m_, k_, eps, ob),
+        )
+    }
+
+    /// `act = silu(g) · u` with `[g | u] = rms_norm(x) · w_gate_upᵀ` rounded to bf16 (`w_gate_up`
+    /// is `[2·ff, k]`), for at most [`GEMV_ROWS`] rows, in one kernel: bit for bit `gemv_rms`
+    /// into bf16 then `silu_mul`. Only where [`Kernels::norm_gemv_fits`].
+    pub(crate) fn gemv_rms_swiglu(
+        &self,
+        s: &Stream,
+        act: u64,
+        x: u64,
+        norm_w: u64,
+        w_gate_up: u64,
+        rows: usize,
+        ff: usize,
+        k: usize,
+        eps: f32,
+    ) -> Result<(), ExecError> {
+        debug_assert!(self.norm_gemv_fits(rows, k));
+        let smem = (rows * k * 2) as u32;
+        let (rows, ff_, k_) = (rows as i32, ff as i32, k as i32);
+        launch(
+            self.gemv_rms_swiglu,
+            "gemv_rms_swiglu",
+            (ff.div_ceil(NORM_WARPS) as u32, 1, 1),
+            NORM_THREADS,
+            smem,
+            s,
+            args!(act, x, norm_w, w_gate_up, rows, ff_, k_, eps),
         )
     }
 
