@@ -419,17 +419,6 @@ impl Gpu {
                 rows,
                 sh.qkv_width(),
             )?;
-            let bias = lw.bqkv.as_ref().map_or(0, |b| b.ptr());
-            k.rope_qkv(
-                c,
-                ws.qkv.ptr(),
-                bias,
-                m(o_pos),
-                self.cos.ptr(),
-                self.sin.ptr(),
-                ws.q.ptr(),
-                rows,
-            )?;
 
             let staged = slots[l].iter().any(Option::is_some);
             staged_layers[l] = staged;
@@ -458,9 +447,15 @@ impl Gpu {
             }
             let table_l = m(o_table) + (l * per_layer * 4) as u64;
             let staging = self.kv.staging[l % 2].ptr();
-            k.kv_write(
+            let bias = lw.bqkv.as_ref().map_or(0, |b| b.ptr());
+            k.rope_kv_write(
                 c,
                 ws.qkv.ptr(),
+                bias,
+                m(o_pos),
+                self.cos.ptr(),
+                self.sin.ptr(),
+                ws.q.ptr(),
                 m(o_row_item),
                 m(o_items),
                 table_l,

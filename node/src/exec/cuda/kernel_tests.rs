@@ -47,6 +47,13 @@ const LLAMA: Shape = Shape {
     kv_heads: 2,
     block_tokens: 16,
 };
+/// Blocks of 5 tokens, a group of 4 query heads per kv head.
+const ODD_BLOCKS: Shape = Shape {
+    head_dim: 32,
+    heads: 8,
+    kv_heads: 2,
+    block_tokens: 5,
+};
 
 fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n)
@@ -191,22 +198,47 @@ fn rope_cfg(shape: &Shape) -> ModelConfig {
 }
 
 #[test]
-fn rope_rotates_q_and_k_with_llama3_scaling_and_adds_the_bias() {
-    let sh = SMALL;
+fn rope_kv_write_rotates_q_and_k_with_llama3_scaling_adds_the_bias_and_fills_the_blocks() {
+    for sh in [SMALL, LLAMA, ODD_BLOCKS] {
+        rope_kv_write_case(sh);
+    }
+}
+
+/// Rows at scattered positions, each its own item whose position lands in a pool block (even
+/// rows) or a staging slot (odd rows): q, and k and v in the blocks, against the cpu's RoPE.
+fn rope_kv_write_case(sh: Shape) {
     let Some(e) = env(sh) else { return };
     let cfg = rope_cfg(&sh);
     assert!(cfg.rope_scaling.is_some());
     let table = RopeTable::new(&cfg, cfg.max_position_embeddings);
     let (cos, sin) = table.cos_sin();
-    let mut rng = Rng::derive(12, 0);
-    let rows = 9;
+    let mut rng = Rng::derive(12, sh.head_dim as u64);
+    let (rows, bt) = (9usize, sh.block_tokens);
     let w = sh.qkv_width();
+    let be = 2 * bt * sh.kv_dim(); // elements per block
     let qkv = randn(&mut rng, rows * w, 2.0);
     let bias = randn(&mut rng, w, 0.5);
     let pos: Vec<i32> = (0..rows as i32).map(|i| i * 977 % 9000).collect();
+    let (mut metas, mut tab, mut row_item) = (Vec::new(), Vec::new(), Vec::new());
+    for (r, &p) in pos.iter().enumerate() {
+        metas.push(ItemMeta {
+            row0: r as i32,
+            rows: 1,
+            start_pos: p,
+            toff: tab.len() as i32,
+        });
+        // Entries before the row's block are never read.
+        tab.extend(std::iter::repeat_n(0u32, p as usize / bt));
+        let slot = (r / 2) as u32;
+        tab.push(if r % 2 == 0 { slot } else { STAGED | slot });
+        row_item.push(r as i32);
+    }
+    let blocks = rows.div_ceil(2);
+    let (pool, staging) = (poisoned(blocks * be * 2), poisoned(blocks * be * 2));
     let (qkv_b, bias_b, pos_b, cos_b, sin_b) = (up(&qkv), up(&bias), up(&pos), up(cos), up(sin));
+    let (meta_b, tab_b, ri_b) = (up(&metas), up(&tab), up(&row_item));
     let q = poisoned(rows * sh.q_dim() * 2);
-    e.k.rope_qkv(
+    e.k.rope_kv_write(
         &e.s,
         qkv_b.ptr(),
         bias_b.ptr(),
@@ -214,12 +246,20 @@ fn rope_rotates_q_and_k_with_llama3_scaling_and_adds_the_bias() {
         cos_b.ptr(),
         sin_b.ptr(),
         q.ptr(),
+        ri_b.ptr(),
+        meta_b.ptr(),
+        tab_b.ptr(),
+        pool.ptr(),
+        staging.ptr(),
         rows,
     )
     .unwrap();
     e.s.sync("test").unwrap();
     let got_q = down_bf16(&q, rows * sh.q_dim());
-    let got_kv = down_f32(&qkv_b, rows * w);
+    let (got_pool, got_staging) = (
+        down_bf16(&pool, blocks * be),
+        down_bf16(&staging, blocks * be),
+    );
     let (mut want_q, mut want_k, mut got_k) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..rows {
         let mut row: Vec<f32> = (0..w).map(|i| qkv[r * w + i] + bias[i]).collect();
@@ -227,12 +267,24 @@ fn rope_rotates_q_and_k_with_llama3_scaling_and_adds_the_bias() {
             table.rotate(head, pos[r] as usize);
         }
         want_q.extend(row[..sh.q_dim()].iter().map(|&v| v as f64));
-        want_k.extend(row[sh.q_dim()..].iter().map(|&v| v as f64));
-        got_k.extend_from_slice(&got_kv[r * w + sh.q_dim()..(r + 1) * w]);
+        let blk = if r % 2 == 0 { &got_pool } else { &got_staging };
+        let at = (r / 2) * be + (pos[r] as usize % bt) * sh.kv_dim();
+        let v_at = at + bt * sh.kv_dim();
+        want_k.extend(
+            row[sh.q_dim()..sh.q_dim() + sh.kv_dim()]
+                .iter()
+                .map(|&v| v as f64),
+        );
+        got_k.extend_from_slice(&blk[at..at + sh.kv_dim()]);
+        // v: bias added in f32, rounded once — exactly.
+        for j in 0..sh.kv_dim() {
+            let want_v = bf16::from_f32(row[sh.q_dim() + sh.kv_dim() + j]).to_f32();
+            assert_eq!(blk[v_at + j], want_v, "row {r}: v[{j}]");
+        }
     }
     let eq = rel_err(&got_q, &want_q, "rope q");
-    let ek = rel_err(&got_k, &want_k, "rope k, v");
-    assert!(eq < 5e-3 && ek < 1e-5, "rope errors q {eq:e}, k/v {ek:e}");
+    let ek = rel_err(&got_k, &want_k, "rope k");
+    assert!(eq < 5e-3 && ek < 5e-3, "rope errors q {eq:e}, k {ek:e}");
 }
 
 #[test]
@@ -494,7 +546,7 @@ fn gemv_rms_swiglu_is_gemv_rms_then_silu_mul_bit_for_bit() {
 }
 
 /// A pool of random blocks, items with cached prefixes and new rows, tables through a shuffled
-/// pool and a staging buffer: kv_write, then prefill and decode attention, checked against
+/// pool and a staging buffer: rope_kv_write, then prefill and decode attention, checked against
 /// attention in f64 over the very bf16 values in the blocks.
 fn attention_case(sh: Shape, seed: u64) {
     let Some(e) = env(sh) else { return };
@@ -520,7 +572,7 @@ fn attention_case(sh: Shape, seed: u64) {
         free.swap(i, j.min(i));
     }
     let (mut metas, mut table, mut row_item) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut tiles, mut decode_ids) = (Vec::new(), Vec::new());
+    let (mut tiles, mut decode_ids, mut positions) = (Vec::new(), Vec::new(), Vec::new());
     let (mut row0, mut next_slot) = (0, 0u32);
     for (n, &(sp, rows, staged)) in cases.iter().enumerate() {
         let need = (sp + rows).div_ceil(bt);
@@ -539,6 +591,7 @@ fn attention_case(sh: Shape, seed: u64) {
             }
         }
         row_item.extend(std::iter::repeat_n(n as i32, rows));
+        positions.extend((sp..sp + rows).map(|p| p as i32));
         if rows == 1 {
             decode_ids.push(n as i32);
         } else {
@@ -552,8 +605,10 @@ fn attention_case(sh: Shape, seed: u64) {
     }
     let total_rows = row0;
     let qkv = randn(&mut rng, total_rows * sh.qkv_width(), 1.0);
-    let q = to_bf16(&randn(&mut rng, total_rows * sh.q_dim(), 1.0));
-    // Poison the positions kv_write must fill so a miss shows up as NaN.
+    let cfg = rope_cfg(&sh);
+    let rope = RopeTable::new(&cfg, cfg.max_position_embeddings);
+    let (cos, sin) = rope.cos_sin();
+    // Poison the positions rope_kv_write must fill so a miss shows up as NaN.
     let nan = bf16::from_bits(0xffff);
     for m in &metas {
         for pos in m.start_pos as usize..(m.start_pos + m.rows) as usize {
@@ -571,12 +626,18 @@ fn attention_case(sh: Shape, seed: u64) {
         }
     }
     let (pool_b, staging_b) = (up(&pool), up(&staging));
-    let (qkv_b, q_b, meta_b, table_b, ri_b) =
-        (up(&qkv), up(&q), up(&metas), up(&table), up(&row_item));
-    let (tiles_b, dec_b) = (up(&tiles), up(&decode_ids));
-    e.k.kv_write(
+    let (qkv_b, meta_b, table_b, ri_b) = (up(&qkv), up(&metas), up(&table), up(&row_item));
+    let (tiles_b, dec_b, pos_b) = (up(&tiles), up(&decode_ids), up(&positions));
+    let (cos_b, sin_b) = (up(cos), up(sin));
+    let q_b = poisoned(total_rows * sh.q_dim() * 2);
+    e.k.rope_kv_write(
         &e.s,
         qkv_b.ptr(),
+        0,
+        pos_b.ptr(),
+        cos_b.ptr(),
+        sin_b.ptr(),
+        q_b.ptr(),
         ri_b.ptr(),
         meta_b.ptr(),
         table_b.ptr(),
@@ -650,17 +711,20 @@ fn attention_case(sh: Shape, seed: u64) {
         let off = pos % bt + if v { bt } else { 0 };
         buf[base + off * sh.kv_dim() + j].to_f64()
     };
-    // kv_write: new positions hold bf16(k), bf16(v) of their rows.
+    // rope_kv_write: new positions hold bf16(rotated k) and bf16(v) of their rows.
+    let (mut got_k, mut want_k) = (Vec::new(), Vec::new());
     for m in &metas {
         for r in 0..m.rows as usize {
             let pos = m.start_pos as usize + r;
             let entry = table[m.toff as usize + pos / bt];
             let row = &qkv[(m.row0 as usize + r) * sh.qkv_width()..];
+            let mut k_row = row[sh.q_dim()..sh.q_dim() + sh.kv_dim()].to_vec();
+            for head in k_row.chunks_mut(sh.head_dim) {
+                rope.rotate(head, pos);
+            }
             for j in 0..sh.kv_dim() {
-                assert_eq!(
-                    kv_at(entry, pos, false, j),
-                    bf16::from_f32(row[sh.q_dim() + j]).to_f64()
-                );
+                got_k.push(kv_at(entry, pos, false, j) as f32);
+                want_k.push(k_row[j] as f64);
                 assert_eq!(
                     kv_at(entry, pos, true, j),
                     bf16::from_f32(row[sh.q_dim() + sh.kv_dim() + j]).to_f64()
@@ -668,6 +732,9 @@ fn attention_case(sh: Shape, seed: u64) {
             }
         }
     }
+    let ek = rel_err(&got_k, &want_k, "k written");
+    assert!(ek < 5e-3, "k written: relative error {ek:e}");
+    let q = down_bf16(&q_b, total_rows * sh.q_dim());
     let got = down_bf16(&att, total_rows * sh.q_dim());
     let (d, scale) = (sh.head_dim, 1.0 / (sh.head_dim as f64).sqrt());
     for (n, m) in metas.iter().enumerate() {
@@ -679,7 +746,7 @@ fn attention_case(sh: Shape, seed: u64) {
             for head in 0..sh.heads {
                 let kvh = head / group;
                 let qv: Vec<f64> = (0..d)
-                    .map(|i| q[row * sh.q_dim() + head * d + i].to_f64())
+                    .map(|i| q[row * sh.q_dim() + head * d + i] as f64)
                     .collect();
                 let scores: Vec<f64> = (0..=qpos)
                     .map(|p| {

@@ -117,14 +117,23 @@ extern "C" __global__ void rms_norm(bf16* out, const float* x, const float* w, i
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = f2bf(xr[i] * inv * w[i]);
 }
 
-// Per row of [q | k | v] (f32): adds the bias (when given), rotates q and k heads for the row's
-// position ("rotate half" pairs (i, i + HALF); cos/sin tables [pos][HALF], llama3 scaling baked
-// in), writes q as bf16 to `q`, and leaves the rotated k and the v in place. Grid: rows.
-extern "C" __global__ void rope_qkv(float* qkv, const float* bias, const int* positions,
-                                    const float* cos_t, const float* sin_t, bf16* q) {
-    float* row = qkv + (u64)blockIdx.x * QKV_W;
-    const float* c = cos_t + (u64)positions[blockIdx.x] * HALF;
-    const float* s = sin_t + (u64)positions[blockIdx.x] * HALF;
+// Per row of [q | k | v] (f32, the qkv GEMV's output): adds the bias (when given), rotates q and
+// k heads for the row's position ("rotate half" pairs (i, i + HALF); cos/sin tables [pos][HALF],
+// llama3 scaling baked in), writes q as bf16 to `q`, and k and v as bf16 into the row's layer
+// block at its position. Grid: rows.
+extern "C" __global__ void rope_kv_write(const float* qkv, const float* bias, const int* positions,
+                                         const float* cos_t, const float* sin_t, bf16* q, const int* row_item,
+                                         const Item* items, const u32* table, bf16* pool, bf16* staging) {
+    int r = blockIdx.x;
+    const float* row = qkv + (u64)r * QKV_W;
+    const float* c = cos_t + (u64)positions[r] * HALF;
+    const float* s = sin_t + (u64)positions[r] * HALF;
+    Item it = items[row_item[r]];
+    int pos = it.start_pos + (r - it.row0);
+    bf16* blk = block_ptr(pool, staging, table[it.toff + pos / BLOCK_TOKENS]);
+    bf16* kd = blk + (u64)(pos % BLOCK_TOKENS) * KV_DIM;
+    bf16* vd = blk + (u64)(BLOCK_TOKENS + pos % BLOCK_TOKENS) * KV_DIM;
+    bf16* qr = q + (u64)r * Q_DIM;
     for (int j = threadIdx.x; j < (HEADS + KV_HEADS) * HALF; j += blockDim.x) {
         int head = j / HALF, i = j % HALF;
         int a = head * HEAD_DIM + i, b = a + HALF;
@@ -136,31 +145,17 @@ extern "C" __global__ void rope_qkv(float* qkv, const float* bias, const int* po
         float y0 = x0 * c[i] - x1 * s[i];
         float y1 = x1 * c[i] + x0 * s[i];
         if (head < HEADS) {
-            bf16* qr = q + (u64)blockIdx.x * Q_DIM;
             qr[a] = f2bf(y0);
             qr[b] = f2bf(y1);
         } else {
-            row[a] = y0;
-            row[b] = y1;
+            kd[a - Q_DIM] = f2bf(y0);
+            kd[b - Q_DIM] = f2bf(y1);
         }
     }
-    if (bias)
-        for (int j = threadIdx.x; j < KV_DIM; j += blockDim.x) row[Q_DIM + KV_DIM + j] += bias[Q_DIM + KV_DIM + j];
-}
-
-// Writes each row's k and v (f32, after rope_qkv) as bf16 into its layer's block at its
-// position. Grid: rows.
-extern "C" __global__ void kv_write(const float* qkv, const int* row_item, const Item* items,
-                                    const u32* table, bf16* pool, bf16* staging) {
-    int r = blockIdx.x;
-    Item it = items[row_item[r]];
-    int pos = it.start_pos + (r - it.row0);
-    bf16* blk = block_ptr(pool, staging, table[it.toff + pos / BLOCK_TOKENS]);
-    int off = pos % BLOCK_TOKENS;
-    const float* row = qkv + (u64)r * QKV_W;
     for (int j = threadIdx.x; j < KV_DIM; j += blockDim.x) {
-        blk[(u64)off * KV_DIM + j] = f2bf(row[Q_DIM + j]);
-        blk[(u64)(BLOCK_TOKENS + off) * KV_DIM + j] = f2bf(row[Q_DIM + KV_DIM + j]);
+        float v = row[Q_DIM + KV_DIM + j];
+        if (bias) v += bias[Q_DIM + KV_DIM + j];
+        vd[j] = f2bf(v);
     }
 }
 

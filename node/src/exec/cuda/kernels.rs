@@ -83,8 +83,7 @@ pub(crate) struct Kernels {
     embed_gather: sys::CUfunction,
     gather_rows: sys::CUfunction,
     rms_norm: sys::CUfunction,
-    rope_qkv: sys::CUfunction,
-    kv_write: sys::CUfunction,
+    rope_kv_write: sys::CUfunction,
     silu_mul: sys::CUfunction,
     attn_prefill: sys::CUfunction,
     gemv_bf16: sys::CUfunction,
@@ -186,8 +185,7 @@ impl Kernels {
             embed_gather: f("embed_gather")?,
             gather_rows: f("gather_rows")?,
             rms_norm: f("rms_norm")?,
-            rope_qkv: f("rope_qkv")?,
-            kv_write: f("kv_write")?,
+            rope_kv_write: f("rope_kv_write")?,
             silu_mul: f("silu_mul")?,
             attn_prefill: f("attn_prefill")?,
             gemv_bf16: f("gemv_bf16")?,
@@ -370,7 +368,9 @@ impl Kernels {
         )
     }
 
-    pub(crate) fn rope_qkv(
+    /// Bias, RoPE and the KV write of each row: q (bf16) to `q`, k and v (bf16) into the
+    /// row's block of the layer's table.
+    pub(crate) fn rope_kv_write(
         &self,
         s: &Stream,
         qkv: u64,
@@ -379,23 +379,6 @@ impl Kernels {
         cos: u64,
         sin: u64,
         q: u64,
-        rows: usize,
-    ) -> Result<(), ExecError> {
-        launch(
-            self.rope_qkv,
-            "rope_qkv",
-            (rows as u32, 1, 1),
-            256,
-            0,
-            s,
-            args!(qkv, bias, positions, cos, sin, q),
-        )
-    }
-
-    pub(crate) fn kv_write(
-        &self,
-        s: &Stream,
-        qkv: u64,
         row_item: u64,
         items: u64,
         table: u64,
@@ -404,13 +387,15 @@ impl Kernels {
         rows: usize,
     ) -> Result<(), ExecError> {
         launch(
-            self.kv_write,
-            "kv_write",
+            self.rope_kv_write,
+            "rope_kv_write",
             (rows as u32, 1, 1),
             256,
             0,
             s,
-            args!(qkv, row_item, items, table, pool, staging),
+            args!(
+                qkv, bias, positions, cos, sin, q, row_item, items, table, pool, staging
+            ),
         )
     }
 
