@@ -1,6 +1,6 @@
-//! The kernels of `kernels.cu`, compiled by NVRTC at start into machine code for the device's
-//! own architecture (`sm_90` on an H200) with the model's shape as constants, and their typed
-//! launches. Every launch's result is checked.
+//! The kernels of `kernels.cu` and `decode.cu`, compiled by NVRTC at start into machine code
+//! for the device's own architecture (`sm_90` on an H200) with the model's shape as constants,
+//! and their typed launches. Every launch's result is checked.
 
 use super::driver::{Stream, dev};
 use crate::exec::ExecError;
@@ -8,7 +8,8 @@ use cudarc::driver::{result, sys};
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
 use std::ffi::{CString, c_void};
 
-const SOURCE: &str = include_str!("kernels.cu");
+/// The common kernels, then the decode ones (which use the former's types and helpers).
+const SOURCE: &str = concat!(include_str!("kernels.cu"), include_str!("decode.cu"));
 
 /// The shape the kernels are compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
