@@ -197,135 +197,245 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS, 2) gemv_rms_swiglu(bf
 
 // ---------------------------------------------------------------------------------------------
 // Decode attention (one query row per item), split over the keys: a CTA takes one item, one kv
-// head (all GROUP query heads that share it) and `part_keys` keys, and writes an unnormalized
-// partial (m, l, o) that attn_decode_reduce merges. Lanes read 16 bytes of a key row each:
-// LPK lanes per key, KPW keys per warp at a time. Grid: (parts, KV_HEADS, items).
+// head (all GROUP query heads that share it) and the `part_keys` keys of its partition, in tiles
+// of DEC_TILE keys that cp.async brings into shared memory two at a time (the next tile's bytes
+// are in flight while this one is used). Per tile: scores (a lane per (head, key)), the online
+// softmax (a warp per head), then o += p·V (a thread per output element). An item with one
+// partition writes its rows. Otherwise each CTA writes an unnormalized partial (m, l, o); the
+// last CTA of each group of DEC_MERGE partitions to finish merges the group's partials, and the
+// last group to finish merges the groups' into the rows. Arrivals are counted in `counters`
+// (zero before the launch; each count is left at zero again by the CTA that completes it).
+// Grid: (parts, KV_HEADS, items); CTAs past an item's keys leave at once.
 
-#define LPK (HEAD_DIM / 8)
-#define KPW (32 / LPK)
-#define DEC_WARPS 4
-#define DEC_UNROLL 4
+#define DEC_THREADS 128
+#define DEC_TILE 32
+#define KROW (HEAD_DIM + 8)                          // padded K row: conflict-free 16-byte reads
+#define DEC_COLS (DEC_THREADS / HEAD_DIM)            // threads per output column d
+#define DEC_OUT ((GROUP + DEC_COLS - 1) / DEC_COLS) // outputs per thread
+#define DEC_VEC (GROUP * HEAD_DIM / 4)               // float4 slots of a partial's o
+#define DEC_MERGE 8                                  // partials merged at a time
 
-extern "C" __global__ void __launch_bounds__(128) attn_decode(
-    float* part_o, float* part_ml, const bf16* q, const int* item_ids, const Item* items,
-    const u32* table, bf16* pool, bf16* staging, int part_keys, int parts, float scale_log2) {
-    __shared__ float sm_ml[DEC_WARPS * KPW][GROUP][2];
-    __shared__ float sm_o[DEC_WARPS * KPW][GROUP][HEAD_DIM];
-    int part = blockIdx.x, kvh = blockIdx.y, z = blockIdx.z;
-    Item it = items[item_ids[z]];
-    int len = it.start_pos + 1;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int slot = lane / LPK, ch = lane % LPK;
-    int k_begin = part * part_keys, k_end = min(len, k_begin + part_keys);
+struct DecodeSmem {
+    bf16 k[2][DEC_TILE][KROW];
+    bf16 v[2][DEC_TILE][HEAD_DIM];
+    float q[GROUP][HEAD_DIM];
+    float p[GROUP][DEC_TILE];
+    float m[GROUP], l[GROUP], corr[GROUP];
+    int last;
+};
 
-    float qf[GROUP][8];
-#pragma unroll
-    for (int gq = 0; gq < GROUP; gq++) {
-        uint4 v = *(const uint4*)(q + (u64)it.row0 * Q_DIM + (kvh * GROUP + gq) * HEAD_DIM + ch * 8);
-        const bf16* h = (const bf16*)&v;
-#pragma unroll
-        for (int e = 0; e < 8; e++) qf[gq][e] = bf2f(h[e]);
-    }
-    float m[GROUP], l[GROUP], o[GROUP][8];
-#pragma unroll
-    for (int gq = 0; gq < GROUP; gq++) {
-        m[gq] = NEG_INF;
-        l[gq] = 0.0f;
-#pragma unroll
-        for (int e = 0; e < 8; e++) o[gq][e] = 0.0f;
-    }
-    const int stride = DEC_WARPS * KPW;
-    // The loop bound is the same for every lane of the warp, so all of them reach the shuffles.
-    for (int kw = k_begin + warp * KPW; kw < k_end; kw += stride * DEC_UNROLL) {
-        int kb = kw + slot;
-        uint4 kr[DEC_UNROLL], vr[DEC_UNROLL];
-#pragma unroll
-        for (int u = 0; u < DEC_UNROLL; u++) {
-            int kpos = kb + u * stride;
-            if (kpos < k_end) {
-                const bf16* blk = block_ptr(pool, staging, table[it.toff + kpos / BLOCK_TOKENS]);
-                int off = kpos % BLOCK_TOKENS;
-                kr[u] = *(const uint4*)(blk + (u64)off * KV_DIM + kvh * HEAD_DIM + ch * 8);
-                vr[u] = *(const uint4*)(blk + (u64)(BLOCK_TOKENS + off) * KV_DIM + kvh * HEAD_DIM + ch * 8);
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < DEC_UNROLL; u++) {
-            int kpos = kb + u * stride;
-            // Every lane of a key group agrees on `valid`, so the shuffles below stay in step.
-            bool valid = kpos < k_end;
-            const bf16* kh = (const bf16*)&kr[u];
-            const bf16* vh = (const bf16*)&vr[u];
-#pragma unroll
-            for (int gq = 0; gq < GROUP; gq++) {
-                float d = 0.0f;
-                if (valid) {
-#pragma unroll
-                    for (int e = 0; e < 8; e++) d += qf[gq][e] * bf2f(kh[e]);
-                }
-#pragma unroll
-                for (int w = LPK / 2; w > 0; w >>= 1) d += __shfl_xor_sync(0xffffffffu, d, w);
-                if (valid) {
-                    float sc = d * scale_log2;
-                    float mn = fmaxf(m[gq], sc);
-                    float corr = exp2f(m[gq] - mn), p = exp2f(sc - mn);
-                    l[gq] = l[gq] * corr + p;
-#pragma unroll
-                    for (int e = 0; e < 8; e++) o[gq][e] = o[gq][e] * corr + p * bf2f(vh[e]);
-                    m[gq] = mn;
-                }
-            }
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+    u32 s = (u32)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
+}
+
+// Starts copying keys [k0, min(k0 + DEC_TILE, k_end)) of kv head `kvh` into stage `st`.
+__device__ __forceinline__ void decode_load_tile(DecodeSmem& sm, int st, const Item& it, int kvh, int k0,
+                                                 int k_end, const u32* table, bf16* pool, bf16* staging) {
+    const int per = DEC_TILE * (HEAD_DIM / 8); // 16-byte chunks of K (and of V) per tile
+    for (int c = threadIdx.x; c < 2 * per; c += DEC_THREADS) {
+        int is_v = c >= per, rem = c - is_v * per;
+        int key = rem / (HEAD_DIM / 8), ch = rem % (HEAD_DIM / 8);
+        int kpos = k0 + key;
+        if (kpos < k_end) {
+            const bf16* blk = block_ptr(pool, staging, table[it.toff + kpos / BLOCK_TOKENS]);
+            int row = is_v * BLOCK_TOKENS + kpos % BLOCK_TOKENS;
+            const bf16* src = blk + (u64)row * KV_DIM + kvh * HEAD_DIM + ch * 8;
+            bf16* dst = is_v ? &sm.v[st][key][ch * 8] : &sm.k[st][key][ch * 8];
+            cp_async16(dst, src);
         }
     }
-    int sl = warp * KPW + slot;
-#pragma unroll
-    for (int gq = 0; gq < GROUP; gq++) {
-        if (ch == 0) {
-            sm_ml[sl][gq][0] = m[gq];
-            sm_ml[sl][gq][1] = l[gq];
-        }
-#pragma unroll
-        for (int e = 0; e < 8; e++) sm_o[sl][gq][ch * 8 + e] = o[gq][e];
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+// Counts this CTA in at `counter` once its partial is written; true for the last of `n`, which
+// leaves the counter at zero for the next launch. All threads call.
+__device__ bool decode_arrive(DecodeSmem& sm, u32* counter, int n) {
+    __threadfence(); // this thread's partial is visible device-wide before the count
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        sm.last = atomicAdd(counter, 1u) == (u32)(n - 1);
+        if (sm.last) *counter = 0u; // all n have counted
     }
     __syncthreads();
-    u64 base = ((u64)z * KV_HEADS + kvh) * parts + part; // (z, kvh, part)
-    for (int i = threadIdx.x; i < GROUP * HEAD_DIM; i += blockDim.x) {
-        int gq = i / HEAD_DIM, d = i % HEAD_DIM;
-        float mm = NEG_INF;
-        for (int s2 = 0; s2 < stride; s2++) mm = fmaxf(mm, sm_ml[s2][gq][0]);
-        float ll = 0.0f, oo = 0.0f;
-        if (mm != NEG_INF) {
-            for (int s2 = 0; s2 < stride; s2++) {
-                float w = sm_ml[s2][gq][0] == NEG_INF ? 0.0f : exp2f(sm_ml[s2][gq][0] - mm);
-                ll += sm_ml[s2][gq][1] * w;
-                oo += sm_o[s2][gq][d] * w;
-            }
+    bool last = sm.last;
+    if (last) __threadfence(); // the others' partials are read after their counts
+    return last;
+}
+
+// Merges `count` partials of one (item, kv head), at slots first, first + stride, ... from
+// `base` (read from L2): into the group's rows of att (bf16, normalized) when `att_row` is
+// given, else back into slot `first` as one partial. All threads call.
+__device__ void decode_merge(DecodeSmem& sm, float* part_o, float* part_ml, u64 base, int first, int count,
+                             int stride, bf16* att_row) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    // Per head (a warp each): the largest m and the total weight l.
+    for (int g = warp; g < GROUP; g += DEC_THREADS / 32) {
+        float mm = NEG_INF, ll = 0.0f;
+        for (int i = lane; i < count; i += 32)
+            mm = fmaxf(mm, __ldcg(&part_ml[((base + first + (u64)i * stride) * GROUP + g) * 2]));
+#pragma unroll
+        for (int w = 16; w > 0; w >>= 1) mm = fmaxf(mm, __shfl_xor_sync(0xffffffffu, mm, w));
+        for (int i = lane; i < count; i += 32) {
+            const float* ml = &part_ml[((base + first + (u64)i * stride) * GROUP + g) * 2];
+            ll += __ldcg(ml + 1) * exp2f(__ldcg(ml) - mm);
         }
-        part_o[(base * GROUP + gq) * HEAD_DIM + d] = oo;
-        if (d == 0) {
-            part_ml[(base * GROUP + gq) * 2] = mm;
-            part_ml[(base * GROUP + gq) * 2 + 1] = ll;
+        ll = warp_sum(ll);
+        if (lane == 0) {
+            sm.m[g] = mm;
+            sm.l[g] = ll;
+        }
+    }
+    __syncthreads();
+    // o = Σ o_p · 2^(m_p − m), four elements a thread at a time.
+    for (int s = threadIdx.x; s < DEC_VEC; s += DEC_THREADS) {
+        int g = s * 4 / HEAD_DIM;
+        float mm = sm.m[g];
+        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+        for (int i = 0; i < count; i++) {
+            u64 slot = base + first + (u64)i * stride;
+            float w = exp2f(__ldcg(&part_ml[(slot * GROUP + g) * 2]) - mm);
+            float4 po = __ldcg((const float4*)(part_o + slot * GROUP * HEAD_DIM) + s);
+            acc.x += po.x * w;
+            acc.y += po.y * w;
+            acc.z += po.z * w;
+            acc.w += po.w * w;
+        }
+        if (att_row) {
+            float inv = 1.0f / sm.l[g];
+            u32* out = (u32*)(att_row + s * 4);
+            out[0] = pack2(acc.x * inv, acc.y * inv);
+            out[1] = pack2(acc.z * inv, acc.w * inv);
+        } else {
+            ((float4*)(part_o + (base + first) * GROUP * HEAD_DIM))[s] = acc; // only this thread reads it
+        }
+    }
+    if (!att_row) {
+        __syncthreads(); // every thread has read slot `first`'s m
+        if (threadIdx.x < GROUP) {
+            part_ml[((base + first) * GROUP + threadIdx.x) * 2] = sm.m[threadIdx.x];
+            part_ml[((base + first) * GROUP + threadIdx.x) * 2 + 1] = sm.l[threadIdx.x];
         }
     }
 }
 
-// Merges the partials of attn_decode into each item's attention row (bf16). Grid: (items,
-// HEADS); threads: HEAD_DIM.
-extern "C" __global__ void attn_decode_reduce(bf16* att, const float* part_o, const float* part_ml,
-                                              const int* item_ids, const Item* items, int parts) {
-    int z = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
-    int kvh = head / GROUP, gq = head % GROUP;
+extern "C" __global__ void __launch_bounds__(DEC_THREADS, 6) attn_decode(
+    bf16* att, float* part_o, float* part_ml, u32* counters, const bf16* q, const int* item_ids,
+    const Item* items, const u32* table, bf16* pool, bf16* staging, int part_keys, int parts,
+    float scale_log2) {
+    __shared__ __align__(16) DecodeSmem sm;
+    int part = blockIdx.x, kvh = blockIdx.y, z = blockIdx.z;
     Item it = items[item_ids[z]];
-    u64 base = ((u64)z * KV_HEADS + kvh) * parts;
-    float mm = NEG_INF;
-    for (int p = 0; p < parts; p++) mm = fmaxf(mm, part_ml[((base + p) * GROUP + gq) * 2]);
-    float ll = 0.0f, oo = 0.0f;
-    for (int p = 0; p < parts; p++) {
-        float pm = part_ml[((base + p) * GROUP + gq) * 2];
-        if (pm == NEG_INF) continue;
-        float w = exp2f(pm - mm);
-        ll += part_ml[((base + p) * GROUP + gq) * 2 + 1] * w;
-        oo += part_o[((base + p) * GROUP + gq) * HEAD_DIM + d] * w;
+    int len = it.start_pos + 1;
+    int k_begin = part * part_keys;
+    if (k_begin >= len) return; // the whole CTA: this item has fewer keys
+    int k_end = min(len, k_begin + part_keys);
+    int n_parts = (len + part_keys - 1) / part_keys;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = threadIdx.x;
+    int n_tiles = (k_end - k_begin + DEC_TILE - 1) / DEC_TILE;
+
+    decode_load_tile(sm, 0, it, kvh, k_begin, k_end, table, pool, staging);
+    decode_load_tile(sm, 1, it, kvh, k_begin + DEC_TILE, k_end, table, pool, staging);
+    const bf16* qh = q + (u64)it.row0 * Q_DIM + kvh * GROUP * HEAD_DIM; // the group's heads
+    for (int i = t; i < GROUP * HEAD_DIM; i += DEC_THREADS) sm.q[i / HEAD_DIM][i % HEAD_DIM] = bf2f(qh[i]);
+    if (t < GROUP) {
+        sm.m[t] = NEG_INF;
+        sm.l[t] = 0.0f;
     }
-    att[(u64)it.row0 * Q_DIM + head * HEAD_DIM + d] = f2bf(oo / ll);
+    int d = t % HEAD_DIM, g0 = t / HEAD_DIM; // this thread's outputs: (g0 + j * DEC_COLS, d)
+    float o[DEC_OUT];
+#pragma unroll
+    for (int j = 0; j < DEC_OUT; j++) o[j] = 0.0f;
+
+    for (int tile = 0; tile < n_tiles; tile++) {
+        int st = tile & 1, k0 = k_begin + tile * DEC_TILE, tn = min(DEC_TILE, k_end - k0);
+        asm volatile("cp.async.wait_group 1;" ::: "memory"); // all but the newest group: this tile
+        __syncthreads();
+        // Scores: warp w takes heads w, w + 4, ...; lane = key.
+        for (int g = warp; g < GROUP; g += DEC_THREADS / 32) {
+            float s = NEG_INF;
+            if (lane < tn) {
+                const uint4* kr = (const uint4*)&sm.k[st][lane][0];
+                const float4* qr = (const float4*)&sm.q[g][0];
+                float acc = 0.0f;
+#pragma unroll
+                for (int c = 0; c < HEAD_DIM / 8; c++) {
+                    uint4 kv = kr[c];
+                    const bf16* kh = (const bf16*)&kv;
+                    float4 qa = qr[2 * c], qb = qr[2 * c + 1];
+                    acc += qa.x * bf2f(kh[0]) + qa.y * bf2f(kh[1]) + qa.z * bf2f(kh[2]) + qa.w * bf2f(kh[3]);
+                    acc += qb.x * bf2f(kh[4]) + qb.y * bf2f(kh[5]) + qb.z * bf2f(kh[6]) + qb.w * bf2f(kh[7]);
+                }
+                s = acc * scale_log2;
+            }
+            // Online softmax over this tile's keys (the first key of a tile is always valid).
+            float mx = s;
+#pragma unroll
+            for (int w = 16; w > 0; w >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, w));
+            float m_old = sm.m[g], m_new = fmaxf(m_old, mx);
+            float p = exp2f(s - m_new);
+            float sum = warp_sum(p);
+            sm.p[g][lane] = p;
+            if (lane == 0) {
+                float corr = exp2f(m_old - m_new);
+                sm.corr[g] = corr;
+                sm.l[g] = sm.l[g] * corr + sum;
+                sm.m[g] = m_new;
+            }
+        }
+        __syncthreads();
+        // o = o * corr + Σ p · V.
+        float po[DEC_OUT];
+#pragma unroll
+        for (int j = 0; j < DEC_OUT; j++) po[j] = 0.0f;
+        for (int key = 0; key < tn; key++) {
+            float vv = bf2f(sm.v[st][key][d]);
+#pragma unroll
+            for (int j = 0; j < DEC_OUT; j++) {
+                int g = g0 + j * DEC_COLS;
+                if (g < GROUP) po[j] += sm.p[g][key] * vv;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < DEC_OUT; j++) {
+            int g = g0 + j * DEC_COLS;
+            if (g < GROUP) o[j] = o[j] * sm.corr[g] + po[j];
+        }
+        __syncthreads(); // stage `st` and the scores are free again
+        decode_load_tile(sm, st, it, kvh, k0 + 2 * DEC_TILE, k_end, table, pool, staging);
+    }
+
+    bf16* att_row = att + (u64)it.row0 * Q_DIM + kvh * GROUP * HEAD_DIM; // the group's heads
+    if (n_parts == 1) {
+#pragma unroll
+        for (int j = 0; j < DEC_OUT; j++) {
+            int g = g0 + j * DEC_COLS;
+            if (g < GROUP) att_row[g * HEAD_DIM + d] = f2bf(o[j] / sm.l[g]);
+        }
+        return;
+    }
+    u64 base = ((u64)z * KV_HEADS + kvh) * parts; // partial (and counters) of (z, kvh, 0)
+#pragma unroll
+    for (int j = 0; j < DEC_OUT; j++) {
+        int g = g0 + j * DEC_COLS;
+        if (g < GROUP) part_o[((base + part) * GROUP + g) * HEAD_DIM + d] = o[j];
+    }
+    if (t < GROUP) {
+        part_ml[((base + part) * GROUP + t) * 2] = sm.m[t];
+        part_ml[((base + part) * GROUP + t) * 2 + 1] = sm.l[t];
+    }
+    // Partitions merge in groups of DEC_MERGE (the group's last CTA, into the group's first
+    // slot), then the groups (the last group's merger). counters[base]: groups done;
+    // counters[base + 1 + grp]: partitions of group grp done.
+    int grp = part / DEC_MERGE, n_groups = (n_parts + DEC_MERGE - 1) / DEC_MERGE;
+    int in_grp = min(DEC_MERGE, n_parts - grp * DEC_MERGE);
+    if (!decode_arrive(sm, counters + base + 1 + grp, in_grp)) return;
+    if (n_groups == 1) {
+        decode_merge(sm, part_o, part_ml, base, 0, in_grp, 1, att_row);
+        return;
+    }
+    if (in_grp > 1) decode_merge(sm, part_o, part_ml, base, grp * DEC_MERGE, in_grp, 1, nullptr);
+    if (!decode_arrive(sm, counters + base, n_groups)) return;
+    decode_merge(sm, part_o, part_ml, base, 0, n_groups, DEC_MERGE, att_row);
 }

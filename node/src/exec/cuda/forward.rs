@@ -14,7 +14,7 @@
 
 use super::driver::{DeviceBuf, Event, PinnedBuf, Stream, dev};
 use super::gemm::{Blas, Out};
-use super::kernels::{GEMV_ROWS, ItemMeta, Kernels, PREFILL_ROWS, STAGED};
+use super::kernels::{DECODE_TILE, GEMV_ROWS, ItemMeta, Kernels, PREFILL_ROWS, STAGED};
 use super::kv::KvMemory;
 use super::weights::DeviceWeights;
 use super::workspace::Workspace;
@@ -115,10 +115,13 @@ fn need(item: &WorkItem, bt: usize) -> usize {
     (item.start_pos + item.tokens.len()).div_ceil(bt)
 }
 
-/// Keys per decode-attention partition: enough CTAs to fill the GPU twice over, at least 64.
-fn partition_keys(total_keys: usize, kv_heads: usize) -> usize {
-    let per_cta = (total_keys * kv_heads).div_ceil(264);
-    per_cta.next_multiple_of(64).clamp(64, 2048)
+/// Keys per decode-attention partition: about four CTAs per SM over the step's keys (each CTA
+/// has two tiles of keys in flight; up to six fit an SM), whole tiles, at most 2048 keys.
+fn partition_keys(total_keys: usize, kv_heads: usize, sms: usize) -> usize {
+    let per_cta = (total_keys * kv_heads).div_ceil(4 * sms);
+    per_cta
+        .next_multiple_of(DECODE_TILE)
+        .clamp(DECODE_TILE, 2048)
 }
 
 impl Gpu {
@@ -344,7 +347,7 @@ impl Gpu {
             }
             slots.push(layer_slots);
         }
-        let part_keys = partition_keys(total_keys, self.k.shape.kv_heads);
+        let part_keys = partition_keys(total_keys, self.k.shape.kv_heads, self.k.sms);
         let parts = max_keys.div_ceil(part_keys);
         let sampled: Vec<usize> = (0..items.len())
             .filter(|&n| items[n].sampling.temperature > 0.0)
@@ -480,8 +483,10 @@ impl Gpu {
             if !decode_ids.is_empty() {
                 k.attn_decode(
                     c,
+                    ws.att.ptr(),
                     ws.part_o.ptr(),
                     ws.part_ml.ptr(),
+                    ws.counters.ptr(),
                     ws.q.ptr(),
                     m(o_decode),
                     decode_ids.len(),
@@ -492,16 +497,6 @@ impl Gpu {
                     part_keys as i32,
                     parts as i32,
                     scale_log2,
-                )?;
-                k.attn_decode_reduce(
-                    c,
-                    ws.att.ptr(),
-                    ws.part_o.ptr(),
-                    ws.part_ml.ptr(),
-                    m(o_decode),
-                    decode_ids.len(),
-                    m(o_items),
-                    parts as i32,
                 )?;
             }
             if staged {

@@ -73,6 +73,8 @@ pub(crate) const GEMV_ROWS: usize = 4;
 const NORM_THREADS: u32 = 512;
 /// Output rows (warps) per CTA of the fused norm-and-GEMV kernels.
 const NORM_WARPS: usize = NORM_THREADS as usize / 32;
+/// Keys per tile of decode attention (`DEC_TILE` in the source): partitions are multiples.
+pub(crate) const DECODE_TILE: usize = 32;
 /// Query rows per prefill-attention CTA.
 pub(crate) const PREFILL_ROWS: usize = 64;
 
@@ -91,12 +93,13 @@ pub(crate) struct Kernels {
     gemv_rms: sys::CUfunction,
     gemv_rms_swiglu: sys::CUfunction,
     attn_decode: sys::CUfunction,
-    attn_decode_reduce: sys::CUfunction,
     argmax_rows: sys::CUfunction,
     sample_top_p: sys::CUfunction,
     pub(crate) shape: Shape,
     /// Dynamic shared memory a fused norm-and-GEMV CTA may take (its normalized rows).
     norm_smem_max: usize,
+    /// The device's streaming multiprocessors (decode attention sizes its grid by them).
+    pub(crate) sms: usize,
 }
 
 // SAFETY: module and function handles are usable from any thread with the context current.
@@ -176,10 +179,12 @@ impl Kernels {
             unsafe { result::module::get_function(module, CString::new(name).expect("no NUL")) }
                 .map_err(|e| dev(&format!("kernel {name}"), e))
         };
+        let limits = DeviceLimits::query()?;
         let gemv_rms = f("gemv_rms")?;
         let gemv_rms_swiglu = f("gemv_rms_swiglu")?;
-        let norm_smem_max = allow_dynamic_smem(gemv_rms, "gemv_rms")?
-            .min(allow_dynamic_smem(gemv_rms_swiglu, "gemv_rms_swiglu")?);
+        let norm_smem_max = allow_dynamic_smem(gemv_rms, "gemv_rms", &limits)?.min(
+            allow_dynamic_smem(gemv_rms_swiglu, "gemv_rms_swiglu", &limits)?,
+        );
         Ok(Kernels {
             fill_uniform: f("fill_uniform")?,
             fill_value: f("fill_value")?,
@@ -193,12 +198,12 @@ impl Kernels {
             gemv_rms,
             gemv_rms_swiglu,
             attn_decode: f("attn_decode")?,
-            attn_decode_reduce: f("attn_decode_reduce")?,
             argmax_rows: f("argmax_rows")?,
             sample_top_p: f("sample_top_p")?,
             module,
             shape,
             norm_smem_max,
+            sms: limits.sms,
         })
     }
 
@@ -208,32 +213,51 @@ impl Kernels {
     }
 }
 
+/// What the current context's device allows.
+struct DeviceLimits {
+    sms: usize,
+    /// Shared memory a CTA may take with the opt-in.
+    smem_optin: i32,
+}
+
+impl DeviceLimits {
+    fn query() -> Result<DeviceLimits, ExecError> {
+        use sys::CUdevice_attribute::{
+            CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN as OPTIN,
+            CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT as SMS,
+        };
+        let what = "reading the device's limits";
+        let mut device: sys::CUdevice = 0;
+        // SAFETY: the caller's context is current; `device` is written.
+        unsafe { sys::cuCtxGetDevice(&mut device) }
+            .result()
+            .map_err(|e| dev(what, e))?;
+        // SAFETY: a device of the current context.
+        let attr =
+            |a| unsafe { result::device::get_attribute(device, a) }.map_err(|e| dev(what, e));
+        Ok(DeviceLimits {
+            sms: attr(SMS)?.max(1) as usize,
+            smem_optin: attr(OPTIN)?,
+        })
+    }
+}
+
 /// Lets `f` take as much dynamic shared memory as the device allows a CTA beside the kernel's
 /// static shared memory (above the default 48 KiB: the opt-in), and returns that amount.
-fn allow_dynamic_smem(f: sys::CUfunction, name: &str) -> Result<usize, ExecError> {
-    use sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN as OPTIN;
+fn allow_dynamic_smem(
+    f: sys::CUfunction,
+    name: &str,
+    limits: &DeviceLimits,
+) -> Result<usize, ExecError> {
     use sys::CUfunction_attribute::{
         CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYNAMIC,
         CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES as STATIC,
     };
     let what = format!("shared memory of kernel {name}");
-    let mut device: sys::CUdevice = 0;
-    // SAFETY: the context is current (the module was just loaded in it); `device` is written.
-    unsafe { sys::cuCtxGetDevice(&mut device) }
-        .result()
+    // SAFETY: a function of the loaded module.
+    let fixed = unsafe { result::function::get_function_attribute(f, STATIC) }
         .map_err(|e| dev(&what, e))?;
-    // SAFETY: a device of the current context, a function of the loaded module.
-    let (optin, fixed) = unsafe {
-        (
-            result::device::get_attribute(device, OPTIN),
-            result::function::get_function_attribute(f, STATIC),
-        )
-    };
-    let (optin, fixed) = (
-        optin.map_err(|e| dev(&what, e))?,
-        fixed.map_err(|e| dev(&what, e))?,
-    );
-    let dynamic = (optin - fixed).max(0);
+    let dynamic = (limits.smem_optin - fixed).max(0);
     // SAFETY: as above; the value is within what the device allows.
     unsafe { result::function::set_function_attribute(f, MAX_DYNAMIC, dynamic) }
         .map_err(|e| dev(&what, e))?;
@@ -445,11 +469,17 @@ impl Kernels {
         )
     }
 
+    /// Decode attention of `n_items` one-row items (`item_ids`) in partitions of `part_keys`
+    /// keys (a multiple of [`DECODE_TILE`]), `parts` per item at most: rows of `att`.
+    /// `part_o`/`part_ml` hold `n_items · kv_heads · parts` partials; `counters` as many u32,
+    /// zero before the launch and zero again after it.
     pub(crate) fn attn_decode(
         &self,
         s: &Stream,
+        att: u64,
         part_o: u64,
         part_ml: u64,
+        counters: u64,
         q: u64,
         item_ids: u64,
         n_items: usize,
@@ -461,6 +491,7 @@ impl Kernels {
         parts: i32,
         scale_log2: f32,
     ) -> Result<(), ExecError> {
+        debug_assert!(part_keys > 0 && (part_keys as usize).is_multiple_of(DECODE_TILE));
         let grid = (parts as u32, self.shape.kv_heads as u32, n_items as u32);
         launch(
             self.attn_decode,
@@ -470,32 +501,9 @@ impl Kernels {
             0,
             s,
             args!(
-                part_o, part_ml, q, item_ids, items, table, pool, staging, part_keys, parts,
-                scale_log2
+                att, part_o, part_ml, counters, q, item_ids, items, table, pool, staging,
+                part_keys, parts, scale_log2
             ),
-        )
-    }
-
-    pub(crate) fn attn_decode_reduce(
-        &self,
-        s: &Stream,
-        att: u64,
-        part_o: u64,
-        part_ml: u64,
-        item_ids: u64,
-        n_items: usize,
-        items: u64,
-        parts: i32,
-    ) -> Result<(), ExecError> {
-        let grid = (n_items as u32, self.shape.heads as u32, 1);
-        launch(
-            self.attn_decode_reduce,
-            "attn_decode_reduce",
-            grid,
-            self.shape.head_dim as u32,
-            0,
-            s,
-            args!(att, part_o, part_ml, item_ids, items, parts),
         )
     }
 

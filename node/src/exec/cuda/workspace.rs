@@ -37,6 +37,8 @@ pub(crate) struct Workspace {
     /// Decode-attention partials: `[partials, group, head_dim]` and `[partials, group, 2]` f32.
     pub(crate) part_o: DeviceBuf,
     pub(crate) part_ml: DeviceBuf,
+    /// `[partials]` u32: decode attention's arrival counts, zero between launches.
+    pub(crate) counters: DeviceBuf,
 }
 
 struct Sizes {
@@ -69,6 +71,11 @@ fn alloc(d: &Dims, sh: &Shape, s: &Sizes) -> Result<Workspace, ExecError> {
         sampled: buf(n * 4, "tokens")?,
         part_o: buf(s.partials * group * sh.head_dim * 4, "attention partials")?,
         part_ml: buf(s.partials * group * 2 * 4, "attention partials")?,
+        counters: {
+            let b = buf(s.partials * 4, "attention counters")?;
+            b.fill_bytes(0)?;
+            b
+        },
     })
 }
 
