@@ -62,11 +62,15 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(void* y, const bf16*
 // with rms_norm's very arithmetic — 512 threads, each summing x[t], x[t + 512], ..., then
 // warp_sum and the same sum over the 16 warps' parts — so the products are bit for bit those of
 // rms_norm followed by gemv_bf16 (same chunk order per lane, same warp_sum). While the norm runs,
-// each warp's first weight chunks are already in flight. Grid: ceil(m / 16) CTAs of 512 threads.
+// each warp's first weight chunks are on their way into L2. 40 registers: 3 CTAs (48 warps) per
+// SM. Grid: ceil(m / 16) CTAs of 512 threads.
 
 #define NORM_THREADS 512
 #define NORM_WARPS (NORM_THREADS / 32)
 #define GEMV_UNROLL 4
+#define GEMV_PREFETCH 128 // chunks per warp asked into L2 before the norm (2 KiB)
+
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 // acc[r] += w·x[r] over the 8 elements of chunk i (gemv_bf16's inner step).
 __device__ __forceinline__ void dot_chunk(float* acc, uint4 wv, const bf16* xs, int i, int rows, int k) {
@@ -111,20 +115,20 @@ __device__ void rms_rows_to_shared(bf16* xs, const float* x, const float* nw, in
 }
 
 // Weight rows `wr[0..NW)` of one warp times the normalized rows: acc[q][r] = w_q·xs[r].
-// Loads GEMV_UNROLL chunks per lane at a time (GEMV_UNROLL / NW of each row, in order); the
-// first ones are in flight before the norm.
+// Loads GEMV_UNROLL chunks per lane at a time (GEMV_UNROLL / NW of each row, in order). The
+// first GEMV_PREFETCH / NW chunks of each row are asked into L2 before the norm, so their HBM
+// latency passes while it runs (no registers held across it).
 template <int NW>
 __device__ __forceinline__ void rms_gemv_warp(float (*acc)[GEMV_ROWS], const uint4* const* wr, bool live,
                                               bf16* xs, const float* x, const float* nw, int rows, int k,
                                               float eps) {
     constexpr int U = GEMV_UNROLL / NW;
     int lane = threadIdx.x & 31, n = k / 8;
-    uint4 pre[NW][U];
+    if (live) {
 #pragma unroll
-    for (int q = 0; q < NW; q++)
-#pragma unroll
-        for (int u = 0; u < U; u++)
-            if (live && lane + 32 * u < n) pre[q][u] = ld_stream(wr[q] + lane + 32 * u);
+        for (int q = 0; q < NW; q++)
+            for (int i = lane; i < min(n, GEMV_PREFETCH / NW); i += 32) prefetch_l2(wr[q] + i);
+    }
     rms_rows_to_shared(xs, x, nw, rows, k, eps);
     if (!live) return;
 #pragma unroll
@@ -132,12 +136,7 @@ __device__ __forceinline__ void rms_gemv_warp(float (*acc)[GEMV_ROWS], const uin
 #pragma unroll
         for (int r = 0; r < GEMV_ROWS; r++) acc[q][r] = 0.0f;
     }
-#pragma unroll
-    for (int u = 0; u < U; u++)
-#pragma unroll
-        for (int q = 0; q < NW; q++)
-            if (lane + 32 * u < n) dot_chunk(acc[q], pre[q][u], xs, lane + 32 * u, rows, k);
-    for (int i0 = lane + 32 * U; i0 < n; i0 += 32 * U) {
+    for (int i0 = lane; i0 < n; i0 += 32 * U) {
         uint4 wv[NW][U];
 #pragma unroll
         for (int q = 0; q < NW; q++)
@@ -153,7 +152,7 @@ __device__ __forceinline__ void rms_gemv_warp(float (*acc)[GEMV_ROWS], const uin
 }
 
 // y[r, j] = rms_norm(x[r])·w[j] for rows ≤ GEMV_ROWS, as f32 or bf16 (then as gemv_bf16 rounds).
-extern "C" __global__ void __launch_bounds__(NORM_THREADS, 2) gemv_rms(void* y, const float* x, const float* nw,
+extern "C" __global__ void __launch_bounds__(NORM_THREADS, 3) gemv_rms(void* y, const float* x, const float* nw,
                                                                       const bf16* w, int rows, int m, int k,
                                                                       float eps, int out_bf16) {
     extern __shared__ __align__(16) unsigned char dyn_smem[];
@@ -177,7 +176,7 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS, 2) gemv_rms(void* y, 
 // act[r, j] = silu(g) * u with g = bf16(rms_norm(x[r])·w[j]) and u = bf16(rms_norm(x[r])·w[ff + j])
 // (w = [gate | up], [2 ff, k]): one warp takes both rows, so the result is bit for bit gemv_rms
 // into bf16 then silu_mul. Grid: ceil(ff / 16) CTAs of 512 threads.
-extern "C" __global__ void __launch_bounds__(NORM_THREADS, 2) gemv_rms_swiglu(bf16* act, const float* x,
+extern "C" __global__ void __launch_bounds__(NORM_THREADS, 3) gemv_rms_swiglu(bf16* act, const float* x,
                                                                              const float* nw, const bf16* w,
                                                                              int rows, int ff, int k, float eps) {
     extern __shared__ __align__(16) unsigned char dyn_smem[];
