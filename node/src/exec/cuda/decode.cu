@@ -86,14 +86,16 @@ __device__ __forceinline__ void dot_chunk(float* acc, uint4 wv, const bf16* xs, 
     }
 }
 
-// xs[r] = bf16(x[r] / rms(x[r]) * nw) for each row, as rms_norm computes it. All threads call.
-__device__ void rms_rows_to_shared(bf16* xs, const float* x, const float* nw, int rows, int k, float eps) {
+// xs[r] = bf16(x[r] / rms(x[r]) * nw) for each row, as rms_norm computes it; row r of x is
+// row_idx[r] when row_idx is given. All threads call.
+__device__ void rms_rows_to_shared(bf16* xs, const float* x, const int* row_idx, const float* nw, int rows, int k,
+                                   float eps) {
     __shared__ float part[GEMV_ROWS][NORM_WARPS];
     int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
     for (int r = 0; r < GEMV_ROWS; r++) {
         if (r < rows) {
-            const float* xr = x + (u64)r * k;
+            const float* xr = x + (u64)(row_idx ? row_idx[r] : r) * k;
             float s = 0.0f;
             for (int i = threadIdx.x; i < k; i += NORM_THREADS) s += xr[i] * xr[i];
             s = warp_sum(s);
@@ -107,7 +109,7 @@ __device__ void rms_rows_to_shared(bf16* xs, const float* x, const float* nw, in
             float s = lane < NORM_WARPS ? part[r][lane] : 0.0f;
             s = warp_sum(s);
             float inv = rsqrtf(s / (float)k + eps);
-            const float* xr = x + (u64)r * k;
+            const float* xr = x + (u64)(row_idx ? row_idx[r] : r) * k;
             for (int i = threadIdx.x; i < k; i += NORM_THREADS) xs[r * k + i] = f2bf(xr[i] * inv * nw[i]);
         }
     }
@@ -120,8 +122,8 @@ __device__ void rms_rows_to_shared(bf16* xs, const float* x, const float* nw, in
 // latency passes while it runs (no registers held across it).
 template <int NW>
 __device__ __forceinline__ void rms_gemv_warp(float (*acc)[GEMV_ROWS], const uint4* const* wr, bool live,
-                                              bf16* xs, const float* x, const float* nw, int rows, int k,
-                                              float eps) {
+                                              bf16* xs, const float* x, const int* row_idx, const float* nw,
+                                              int rows, int k, float eps) {
     constexpr int U = GEMV_UNROLL / NW;
     int lane = threadIdx.x & 31, n = k / 8;
     if (live) {
@@ -129,7 +131,7 @@ __device__ __forceinline__ void rms_gemv_warp(float (*acc)[GEMV_ROWS], const uin
         for (int q = 0; q < NW; q++)
             for (int i = lane; i < min(n, GEMV_PREFETCH / NW); i += 32) prefetch_l2(wr[q] + i);
     }
-    rms_rows_to_shared(xs, x, nw, rows, k, eps);
+    rms_rows_to_shared(xs, x, row_idx, nw, rows, k, eps);
     if (!live) return;
 #pragma unroll
     for (int q = 0; q < NW; q++) {
@@ -151,16 +153,17 @@ __device__ __forceinline__ void rms_gemv_warp(float (*acc)[GEMV_ROWS], const uin
     }
 }
 
-// y[r, j] = rms_norm(x[r])·w[j] for rows ≤ GEMV_ROWS, as f32 or bf16 (then as gemv_bf16 rounds).
-extern "C" __global__ void __launch_bounds__(NORM_THREADS, 3) gemv_rms(void* y, const float* x, const float* nw,
-                                                                      const bf16* w, int rows, int m, int k,
-                                                                      float eps, int out_bf16) {
+// y[r, j] = rms_norm(x[row r])·w[j] for rows ≤ GEMV_ROWS, as f32 or bf16 (then as gemv_bf16
+// rounds); row r is x[row_idx[r]] when row_idx is given (gather_rows' rows), else x[r].
+extern "C" __global__ void __launch_bounds__(NORM_THREADS, 3) gemv_rms(void* y, const float* x, const int* row_idx,
+                                                                      const float* nw, const bf16* w, int rows,
+                                                                      int m, int k, float eps, int out_bf16) {
     extern __shared__ __align__(16) unsigned char dyn_smem[];
     int j = blockIdx.x * NORM_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     bool live = j < m; // every thread takes part in the norm's barriers
     const uint4* wr = (const uint4*)(w + (u64)(live ? j : 0) * k);
     float acc[1][GEMV_ROWS];
-    rms_gemv_warp<1>(acc, &wr, live, (bf16*)dyn_smem, x, nw, rows, k, eps);
+    rms_gemv_warp<1>(acc, &wr, live, (bf16*)dyn_smem, x, row_idx, nw, rows, k, eps);
     if (!live) return;
 #pragma unroll
     for (int r = 0; r < GEMV_ROWS; r++) {
@@ -185,7 +188,7 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS, 3) gemv_rms_swiglu(bf
     const uint4* wr[2] = {(const uint4*)(w + (u64)(live ? j : 0) * k),
                           (const uint4*)(w + (u64)(live ? ff + j : 0) * k)};
     float acc[2][GEMV_ROWS];
-    rms_gemv_warp<2>(acc, wr, live, (bf16*)dyn_smem, x, nw, rows, k, eps);
+    rms_gemv_warp<2>(acc, wr, live, (bf16*)dyn_smem, x, nullptr, nw, rows, k, eps);
     if (!live) return;
 #pragma unroll
     for (int r = 0; r < GEMV_ROWS; r++) {

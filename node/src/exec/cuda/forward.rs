@@ -174,7 +174,7 @@ impl Gpu {
             let eps = self.dims.eps;
             let bf16_out = out == Out::Bf16;
             self.k
-                .gemv_rms(&self.compute, y, x, norm_w, w, rows, m, k, eps, bf16_out)
+                .gemv_rms(&self.compute, y, x, 0, norm_w, w, rows, m, k, eps, bf16_out)
         } else {
             let normed = self.ws.normed.ptr();
             self.k.rms_norm(
@@ -544,26 +544,35 @@ impl Gpu {
             ws.x.download(&mut x, "stage activations")?;
             return Ok((out, Some(x)));
         }
-        k.gather_rows(c, ws.last.ptr(), ws.x.ptr(), m(o_last), n, h as i32)?;
-        k.rms_norm(
-            c,
-            ws.last_normed.ptr(),
-            ws.last.ptr(),
-            w.final_norm.ptr(),
-            n,
-            h as i32,
-            d.eps,
-        )?;
-        self.linear(
-            ws.logits.ptr(),
-            Out::F32,
-            ws.last_normed.ptr(),
-            w.lm_head(),
-            n,
-            d.vocab,
-            h,
-            false,
-        )?;
+        if k.norm_gemv_fits(n, h) {
+            // Each item's last row, normalized, times the lm_head: one kernel.
+            let (logits, head) = (ws.logits.ptr(), w.lm_head());
+            let (x, norm) = (ws.x.ptr(), w.final_norm.ptr());
+            k.gemv_rms(
+                c,
+                logits,
+                x,
+                m(o_last),
+                norm,
+                head,
+                n,
+                d.vocab,
+                h,
+                d.eps,
+                false,
+            )?;
+        } else {
+            k.gather_rows(c, ws.last.ptr(), ws.x.ptr(), m(o_last), n, h as i32)?;
+            self.norm_linear(
+                ws.logits.ptr(),
+                Out::F32,
+                ws.last.ptr(),
+                w.final_norm.ptr(),
+                w.lm_head(),
+                n,
+                d.vocab,
+            )?;
+        }
         k.argmax_rows(c, ws.tokens.ptr(), ws.logits.ptr(), n, d.vocab as i32)?;
         if !sampled.is_empty() {
             k.sample_top_p(

@@ -379,7 +379,7 @@ fn bits_bf16(b: &DeviceBuf, n: usize) -> Vec<u16> {
 }
 
 #[test]
-fn gemv_rms_is_rms_norm_then_gemv_bit_for_bit() {
+fn gemv_rms_is_rms_norm_then_gemv_bit_for_bit_rows_in_place_or_gathered() {
     let Some(e) = env(SMALL) else { return };
     let mut rng = Rng::derive(15, 0);
     let eps = 1e-5f32;
@@ -425,6 +425,7 @@ fn gemv_rms_is_rms_norm_then_gemv_bit_for_bit() {
                 &e.s,
                 got_f.ptr(),
                 xb.ptr(),
+                0,
                 gb.ptr(),
                 wb.ptr(),
                 rows,
@@ -438,6 +439,7 @@ fn gemv_rms_is_rms_norm_then_gemv_bit_for_bit() {
                 &e.s,
                 got_b.ptr(),
                 xb.ptr(),
+                0,
                 gb.ptr(),
                 wb.ptr(),
                 rows,
@@ -473,6 +475,56 @@ fn gemv_rms_is_rms_norm_then_gemv_bit_for_bit() {
                 bits_bf16(&want_b, n),
                 "k {k}, {rows} rows, bf16"
             );
+
+            // Rows picked by index (the lm_head's): as gather_rows, rms_norm, gemv_bf16.
+            let idx: Vec<i32> = (0..rows as i32).map(|r| (r * 3 + 1) % 4).collect();
+            let ib = up(&idx);
+            let gathered = poisoned(rows * k * 4);
+            e.k.gather_rows(&e.s, gathered.ptr(), xb.ptr(), ib.ptr(), rows, k as i32)
+                .unwrap();
+            e.k.rms_norm(
+                &e.s,
+                normed.ptr(),
+                gathered.ptr(),
+                gb.ptr(),
+                rows,
+                k as i32,
+                eps,
+            )
+            .unwrap();
+            let (want_i, got_i) = (poisoned(n * 4), poisoned(n * 4));
+            e.k.gemv_bf16(
+                &e.s,
+                want_i.ptr(),
+                normed.ptr(),
+                wb.ptr(),
+                rows,
+                m,
+                k,
+                false,
+                false,
+            )
+            .unwrap();
+            e.k.gemv_rms(
+                &e.s,
+                got_i.ptr(),
+                xb.ptr(),
+                ib.ptr(),
+                gb.ptr(),
+                wb.ptr(),
+                rows,
+                m,
+                k,
+                eps,
+                false,
+            )
+            .unwrap();
+            e.s.sync("test").unwrap();
+            assert_eq!(
+                bits_f32(&got_i, n),
+                bits_f32(&want_i, n),
+                "k {k}, rows {idx:?}"
+            );
         }
     }
 }
@@ -495,6 +547,7 @@ fn gemv_rms_swiglu_is_gemv_rms_then_silu_mul_bit_for_bit() {
                 &e.s,
                 gu.ptr(),
                 xb.ptr(),
+                0,
                 gb.ptr(),
                 wb.ptr(),
                 rows,

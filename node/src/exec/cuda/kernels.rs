@@ -534,14 +534,16 @@ impl Kernels {
         )
     }
 
-    /// `y = rms_norm(x) · wᵀ` for at most [`GEMV_ROWS`] rows of the f32 residual `x`, in one
-    /// kernel: bit for bit `rms_norm` then `gemv_bf16` (no accumulate). Only where
+    /// `y = rms_norm(x) · wᵀ` for at most [`GEMV_ROWS`] rows of the f32 residual `x` (rows
+    /// `row_idx[..rows]` of it when `row_idx` is not 0), in one kernel: bit for bit
+    /// (`gather_rows`,) `rms_norm` then `gemv_bf16` (no accumulate). Only where
     /// [`Kernels::norm_gemv_fits`].
     pub(crate) fn gemv_rms(
         &self,
         s: &Stream,
         y: u64,
         x: u64,
+        row_idx: u64,
         norm_w: u64,
         w: u64,
         rows: usize,
@@ -560,7 +562,7 @@ impl Kernels {
             NORM_THREADS,
             smem,
             s,
-            args!(y, x, norm_w, w, rows, m_, k_, eps, ob),
+            args!(y, x, row_idx, norm_w, w, rows, m_, k_, eps, ob),
         )
     }
 
