@@ -10,6 +10,10 @@
 
 #define GEMV_ROWS 4
 
+#define GEMV_PREFETCH 128 // chunks per warp asked into L2 before the inputs are read (2 KiB)
+
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
 // A 16-byte chunk of a weight row, read once: not kept in L1.
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
     uint4 v;
@@ -22,9 +26,13 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
 extern "C" __global__ void __launch_bounds__(256) gemv_bf16(void* y, const bf16* x, const bf16* w, int rows,
                                                            int m, int k, int out_bf16, int accumulate) {
     int j = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (j >= m) return; // whole warps leave together
     const uint4* wr = (const uint4*)(w + (u64)j * k);
     int n = k / 8;
+    if (j < m)
+        for (int i = lane; i < min(n, GEMV_PREFETCH); i += 32) prefetch_l2(wr + i);
+    grid_dep_wait();
+    grid_dep_launch();
+    if (j >= m) return; // whole warps leave together
     float acc[GEMV_ROWS];
 #pragma unroll
     for (int r = 0; r < GEMV_ROWS; r++) acc[r] = 0.0f;
@@ -68,9 +76,6 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(void* y, const bf16*
 #define NORM_THREADS 512
 #define NORM_WARPS (NORM_THREADS / 32)
 #define GEMV_UNROLL 4
-#define GEMV_PREFETCH 128 // chunks per warp asked into L2 before the norm (2 KiB)
-
-__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 // acc[r] += w·x[r] over the 8 elements of chunk i (gemv_bf16's inner step).
 __device__ __forceinline__ void dot_chunk(float* acc, uint4 wv, const bf16* xs, int i, int rows, int k) {
@@ -131,6 +136,8 @@ __device__ __forceinline__ void rms_gemv_warp(float (*acc)[GEMV_ROWS], const uin
         for (int q = 0; q < NW; q++)
             for (int i = lane; i < min(n, GEMV_PREFETCH / NW); i += 32) prefetch_l2(wr[q] + i);
     }
+    grid_dep_wait();
+    grid_dep_launch();
     rms_rows_to_shared(xs, x, row_idx, nw, rows, k, eps);
     if (!live) return;
 #pragma unroll
@@ -327,6 +334,8 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS, 6) attn_decode(
     const Item* items, const u32* table, bf16* pool, bf16* staging, int part_keys, int parts,
     float scale_log2) {
     __shared__ __align__(16) DecodeSmem sm;
+    grid_dep_wait();
+    grid_dep_launch();
     int part = blockIdx.x, kvh = blockIdx.y, z = blockIdx.z;
     Item it = items[item_ids[z]];
     int len = it.start_pos + 1;

@@ -55,6 +55,24 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// Programmatic dependent launch (sm_90+). The decode chain's kernels (rope_kv_write, the GEMVs,
+// attn_decode) are launched so that they may start while the stream's previous kernel runs:
+// before grid_dep_wait() returns — the previous kernels have completed and their writes are
+// visible — such a kernel reads nothing but its weights (and asks them into L2) and writes
+// nothing. grid_dep_launch() then lets the next kernel start early in turn. Without the launch
+// attribute, or before sm_90, both do nothing.
+__device__ __forceinline__ void grid_dep_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void grid_dep_launch() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // Sum over the block; every thread gets the result. blockDim.x a multiple of 32, ≤ 1024.
 __device__ float block_sum(float v) {
     __shared__ float part[32];
@@ -126,6 +144,8 @@ extern "C" __global__ void rms_norm(bf16* out, const float* x, const float* w, i
 extern "C" __global__ void rope_kv_write(const float* qkv, const float* bias, const int* positions,
                                          const float* cos_t, const float* sin_t, bf16* q, const int* row_item,
                                          const Item* items, const u32* table, bf16* pool, bf16* staging) {
+    grid_dep_wait();
+    grid_dep_launch();
     int r = blockIdx.x;
     const float* row = qkv + (u64)r * QKV_W;
     const float* c = cos_t + (u64)positions[r] * HALF;

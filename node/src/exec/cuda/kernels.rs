@@ -100,6 +100,8 @@ pub(crate) struct Kernels {
     norm_smem_max: usize,
     /// The device's streaming multiprocessors (decode attention sizes its grid by them).
     pub(crate) sms: usize,
+    /// Programmatic dependent launch (sm_90+) for the decode chain's kernels.
+    early: bool,
 }
 
 // SAFETY: module and function handles are usable from any thread with the context current.
@@ -204,6 +206,7 @@ impl Kernels {
             shape,
             norm_smem_max,
             sms: limits.sms,
+            early: arch.0 >= 9,
         })
     }
 
@@ -287,6 +290,48 @@ fn launch(
     // SAFETY: the typed wrappers below pass exactly the kernel's parameters, in order, as
     // pointers to values of the kernel's types; device pointers are live buffers.
     unsafe { result::launch_kernel(f, grid, (block, 1, 1), smem_bytes, stream.0, args) }
+        .map_err(|e| dev(&format!("launching {name}"), e))
+}
+
+/// Like [`launch`], but on sm_90 and later with programmatic dependent launch (`early`): the
+/// kernel may start while the stream's previous kernel still runs. Only for kernels that call
+/// `grid_dep_wait()` before they touch anything but their weights (see kernels.cu).
+#[allow(clippy::too_many_arguments)]
+fn launch_early(
+    early: bool,
+    f: sys::CUfunction,
+    name: &str,
+    grid: (u32, u32, u32),
+    block: u32,
+    smem_bytes: u32,
+    stream: &Stream,
+    args: &mut [*mut c_void],
+) -> Result<(), ExecError> {
+    if !early {
+        return launch(f, name, grid, block, smem_bytes, stream, args);
+    }
+    if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+        return Ok(());
+    }
+    // SAFETY: a plain-old-data attribute; the union member set is the one its id names.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let config = sys::CUlaunchConfig {
+        gridDimX: grid.0,
+        gridDimY: grid.1,
+        gridDimZ: grid.2,
+        blockDimX: block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: smem_bytes,
+        hStream: stream.0,
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    // SAFETY: as in `launch`; `config` and `attr` outlive the call.
+    unsafe { sys::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut()) }
+        .result()
         .map_err(|e| dev(&format!("launching {name}"), e))
 }
 
@@ -411,7 +456,8 @@ impl Kernels {
         staging: u64,
         rows: usize,
     ) -> Result<(), ExecError> {
-        launch(
+        launch_early(
+            self.early,
             self.rope_kv_write,
             "rope_kv_write",
             (rows as u32, 1, 1),
@@ -493,7 +539,8 @@ impl Kernels {
     ) -> Result<(), ExecError> {
         debug_assert!(part_keys > 0 && (part_keys as usize).is_multiple_of(DECODE_TILE));
         let grid = (parts as u32, self.shape.kv_heads as u32, n_items as u32);
-        launch(
+        launch_early(
+            self.early,
             self.attn_decode,
             "attn_decode",
             grid,
@@ -523,7 +570,8 @@ impl Kernels {
         debug_assert!(rows <= GEMV_ROWS && k.is_multiple_of(8));
         let (rows, m_, k_) = (rows as i32, m as i32, k as i32);
         let (ob, acc) = (out_bf16 as i32, accumulate as i32);
-        launch(
+        launch_early(
+            self.early,
             self.gemv_bf16,
             "gemv_bf16",
             (m.div_ceil(8) as u32, 1, 1),
@@ -555,7 +603,8 @@ impl Kernels {
         debug_assert!(self.norm_gemv_fits(rows, k));
         let smem = (rows * k * 2) as u32;
         let (rows, m_, k_, ob) = (rows as i32, m as i32, k as i32, out_bf16 as i32);
-        launch(
+        launch_early(
+            self.early,
             self.gemv_rms,
             "gemv_rms",
             (m.div_ceil(NORM_WARPS) as u32, 1, 1),
@@ -584,7 +633,8 @@ impl Kernels {
         debug_assert!(self.norm_gemv_fits(rows, k));
         let smem = (rows * k * 2) as u32;
         let (rows, ff_, k_) = (rows as i32, ff as i32, k as i32);
-        launch(
+        launch_early(
+            self.early,
             self.gemv_rms_swiglu,
             "gemv_rms_swiglu",
             (ff.div_ceil(NORM_WARPS) as u32, 1, 1),
