@@ -71,7 +71,9 @@ fn alloc(d: &Dims, sh: &Shape, s: &Sizes) -> Result<Workspace, ExecError> {
         part_ml: buf(s.partials * group * 2 * 4, "attention partials")?,
         counters: {
             let b = buf(s.partials * 4, "attention counters")?;
-            b.fill_bytes(0)?;
+            if s.partials > 0 {
+                b.fill_bytes(0)?;
+            }
             b
         },
     })
