@@ -292,6 +292,77 @@ impl BlockManager {
         i.map(|index| BlockId { tier, index })
     }
 
+    /// Takes `n` blocks on `tier` at once, in index order: free blocks first (lowest index
+    /// first), then the least recently cached. GPU victims are demoted to host blocks taken
+    /// together, both sides in index order, so victims that were neighbours (a finished
+    /// sequence's layer) move as one copy run instead of one copy per block. Nothing is taken
+    /// when fewer than `n` are free or evictable.
+    fn take_many(&mut self, tier: Tier, n: usize) -> Result<Vec<BlockId>, KvError> {
+        self.check_available(tier, n)?;
+        let pool = &mut self.pools[tier.index()];
+        let mut taken: Vec<u32> = Vec::with_capacity(n);
+        while taken.len() < n {
+            match pool.take_free() {
+                Some(i) => taken.push(i),
+                None => break,
+            }
+        }
+        // Least recently cached first: a demoted block keeps its place in the LRU order.
+        let mut victims: Vec<u32> = pool.lru.values().take(n - taken.len()).copied().collect();
+        let mut demote = Vec::new();
+        for &v in &victims {
+            if let Some(key) = self.pools[tier.index()].drop_cached(v) {
+                self.index.remove(&key);
+                self.events.push(KvEvent::Removed {
+                    tier,
+                    hash: key.hash,
+                    layer: key.layer,
+                });
+                demote.push((v, key));
+            }
+        }
+        victims.sort_unstable();
+        if tier == Tier::Gpu && !demote.is_empty() {
+            // The host keeps the most recently cached when it cannot take them all.
+            let room = demote.len().min(self.available(Tier::Host));
+            let demote = &demote[demote.len() - room..];
+            let stamp0 = self.stamp;
+            self.stamp += demote.len() as u64;
+            let mut ranked: Vec<(u32, CacheKey, u64)> = demote
+                .iter()
+                .enumerate()
+                .map(|(rank, &(v, key))| (v, key, stamp0 + 1 + rank as u64))
+                .collect();
+            ranked.sort_unstable_by_key(|&(v, _, _)| v);
+            let dsts = self.take_many(Tier::Host, room)?;
+            for ((v, key, stamp), dst) in ranked.into_iter().zip(dsts) {
+                self.pools[Tier::Host.index()].owned_to_cached(dst.index, key, stamp);
+                self.index.insert(key, dst);
+                self.copies.push(CopyOp {
+                    src: BlockId { tier, index: v },
+                    dst,
+                });
+                self.events.push(KvEvent::Stored {
+                    tier: Tier::Host,
+                    hash: key.hash,
+                    layer: key.layer,
+                });
+            }
+        }
+        // The victims are now the pool's only free blocks: popping them returns them in order.
+        let pool = &mut self.pools[tier.index()];
+        for &v in &victims {
+            let i = pool.take_free();
+            debug_assert_eq!(i, Some(v), "an evicted block is the next free one");
+            taken.extend(i);
+        }
+        taken.sort_unstable();
+        Ok(taken
+            .into_iter()
+            .map(|index| BlockId { tier, index })
+            .collect())
+    }
+
     fn check_available(&self, tier: Tier, needed: usize) -> Result<(), KvError> {
         let available = self.available(tier);
         if needed > available {
@@ -334,16 +405,9 @@ impl BlockManager {
             return Err(KvError::UnknownSeq(seq));
         }
         let n = self.blocks_to_grow(seq, layer, tokens);
-        self.check_available(tier, n)?;
-        for _ in 0..n {
-            let b = self.take(tier).ok_or(KvError::OutOfBlocks {
-                tier,
-                needed: 1,
-                available: 0,
-            })?;
-            if let Some(s) = self.seqs.get_mut(&seq) {
-                s.tables[layer].push(b);
-            }
+        let blocks = self.take_many(tier, n)?;
+        if let Some(s) = self.seqs.get_mut(&seq) {
+            s.tables[layer].extend(blocks);
         }
         Ok(())
     }
@@ -360,13 +424,8 @@ impl BlockManager {
             .enumerate()
             .filter(|(_, b)| b.tier != to)
             .collect();
-        self.check_available(to, moving.len())?;
-        for (pos, src) in &moving {
-            let dst = self.take(to).ok_or(KvError::OutOfBlocks {
-                tier: to,
-                needed: 1,
-                available: 0,
-            })?;
+        let dsts = self.take_many(to, moving.len())?;
+        for ((pos, src), dst) in moving.iter().zip(dsts) {
             self.copies.push(CopyOp { src: *src, dst });
             let src_pool = &self.pools[src.tier.index()];
             let sole_owner = src_pool.refs(src.index) == 1;

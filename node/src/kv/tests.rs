@@ -162,6 +162,45 @@ fn eviction_demotes_gpu_cache_to_host_then_drops() {
 }
 
 #[test]
+fn evicted_neighbours_are_demoted_as_one_copy_run() {
+    // One sequence fills the GPU with 8 blocks per layer; once freed, its blocks are cache.
+    let mut kv = BlockManager::new(layout(), 8 * LAYERS, 8 * LAYERS);
+    let mut sh = Shadow::default();
+    let a: Vec<u32> = (0..32).collect();
+    prefill(&mut kv, &mut sh, id(1), &a, |_| Tier::Gpu).unwrap();
+    kv.free(id(1)).unwrap();
+    // Layer 0 of a new sequence takes the 8 least recently cached: the last positions of
+    // every layer (LRU evicts chain tails on every layer first). Taken as one batch and in
+    // index order, each layer's neighbours move to neighbouring host blocks in one run.
+    kv.register(id(2), 0).unwrap();
+    kv.grow(id(2), 0, 32, Tier::Gpu).unwrap();
+    let copies = kv.poll_copies();
+    assert_eq!(copies.len(), 8, "every victim is demoted");
+    let runs = crate::exec::copy_runs(&copies);
+    assert_eq!(
+        runs.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        vec![3, 3, 2],
+        "positions 5..8 of layers 0 and 1, 6..8 of layer 2: {copies:?}"
+    );
+    let table = kv.table(id(2), 0).to_vec();
+    assert!(table.windows(2).all(|w| w[0].index < w[1].index));
+    sh.apply(&copies);
+    kv.validate().unwrap();
+    // Nothing was dropped: the chain still hits (all but the last block, which a prompt
+    // always computes), its demoted blocks now on the host, every block with the right data.
+    let hit = kv.peek_prefix(&a, 0);
+    assert_eq!(hit.blocks(), 7);
+    assert_eq!(
+        hit.count_on(Tier::Host),
+        5,
+        "positions 5 and 6 of layers 0, 1; 6 of 2"
+    );
+    kv.register(id(3), 0).unwrap();
+    assert_eq!(kv.attach_prefix(id(3), &a), Ok(28));
+    sh.check(&kv, id(3), &a[..28]);
+}
+
+#[test]
 fn a_lost_cache_is_dropped_without_demotion() {
     let mut kv = BlockManager::new(layout(), 64, 64);
     let mut sh = Shadow::default();
