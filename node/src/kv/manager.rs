@@ -254,44 +254,6 @@ impl BlockManager {
 
     // ---- allocation -----------------------------------------------------------------------
 
-    /// Takes one block on `tier`, evicting cache if needed (GPU cache is demoted to the host
-    /// when the host can take it, otherwise dropped; host cache is dropped).
-    fn take(&mut self, tier: Tier) -> Option<BlockId> {
-        if let Some(i) = self.pools[tier.index()].take_free() {
-            return Some(BlockId { tier, index: i });
-        }
-        let victim = self.pools[tier.index()].lru_oldest()?;
-        let key = self.pools[tier.index()].drop_cached(victim);
-        let src = BlockId {
-            tier,
-            index: victim,
-        };
-        if let Some(key) = key {
-            self.index.remove(&key);
-            self.events.push(KvEvent::Removed {
-                tier,
-                hash: key.hash,
-                layer: key.layer,
-            });
-            if tier == Tier::Gpu
-                && let Some(dst) = self.take(Tier::Host)
-            {
-                let stamp = self.next_stamp();
-                self.pools[Tier::Host.index()].owned_to_cached(dst.index, key, stamp);
-                self.index.insert(key, dst);
-                self.copies.push(CopyOp { src, dst });
-                self.events.push(KvEvent::Stored {
-                    tier: Tier::Host,
-                    hash: key.hash,
-                    layer: key.layer,
-                });
-            }
-        }
-        let i = self.pools[tier.index()].take_free();
-        debug_assert_eq!(i, Some(victim), "an evicted block is the next free one");
-        i.map(|index| BlockId { tier, index })
-    }
-
     /// Takes `n` blocks on `tier` at once, in index order: free blocks first (lowest index
     /// first), then the least recently cached. GPU victims are demoted to host blocks taken
     /// together, both sides in index order, so victims that were neighbours (a finished
@@ -326,12 +288,10 @@ impl BlockManager {
             // The host keeps the most recently cached when it cannot take them all.
             let room = demote.len().min(self.available(Tier::Host));
             let demote = &demote[demote.len() - room..];
-            let stamp0 = self.stamp;
-            self.stamp += demote.len() as u64;
+            // Stamps in LRU order, then both sides in index order.
             let mut ranked: Vec<(u32, CacheKey, u64)> = demote
                 .iter()
-                .enumerate()
-                .map(|(rank, &(v, key))| (v, key, stamp0 + 1 + rank as u64))
+                .map(|&(v, key)| (v, key, self.next_stamp()))
                 .collect();
             ranked.sort_unstable_by_key(|&(v, _, _)| v);
             let dsts = self.take_many(Tier::Host, room)?;
@@ -524,14 +484,14 @@ impl BlockManager {
     pub fn evict(&mut self, tier: Tier, n: usize) -> usize {
         let mut done = 0;
         while done < n && self.pools[tier.index()].cached_count() > 0 {
-            match self.take(tier) {
-                Some(b) => {
-                    let stamp = self.next_stamp();
-                    let released = self.pools[tier.index()].release(b.index, stamp);
-                    debug_assert_eq!(released, Released::Freed);
-                    done += 1;
-                }
-                None => break,
+            let Ok(taken) = self.take_many(tier, 1) else {
+                break;
+            };
+            for b in taken {
+                let stamp = self.next_stamp();
+                let released = self.pools[tier.index()].release(b.index, stamp);
+                debug_assert_eq!(released, Released::Freed);
+                done += 1;
             }
         }
         done

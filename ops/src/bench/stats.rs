@@ -36,7 +36,8 @@ pub struct StepTotals {
     pub decode_steps: u64,
     pub decodes: u64,
     pub transfer_bytes: u64,
-    /// Runs of consecutive blocks the plans' copies were issued as, and their bytes.
+    /// Runs of consecutive blocks the plans' copies were issued as, and the bytes the copies
+    /// moved across tiers.
     pub copy_runs: u64,
     pub copy_bytes: u64,
     /// Decodes that streamed offloaded layers through staging.
@@ -141,7 +142,7 @@ pub struct ModeReport {
     /// Steps in which admission stopped, by reason.
     pub admission_stops: AdmissionStops,
     /// Steps and seconds (measured and as the cost profile models them) by kind: steps with a
-    /// prefill, decode-only steps, copy-only steps.
+    /// prefill, decode-only steps without and with streamed layers, copy-only steps.
     pub step_kinds: std::collections::BTreeMap<String, KindTime>,
     /// Runs of consecutive blocks the plans' copies were issued as.
     pub copy_runs: u64,
