@@ -40,6 +40,16 @@ fn header(r: &reqwest::Response, name: &str) -> String {
         .to_string()
 }
 
+/// `r` if it is a 200; otherwise fails with its body and the cluster's logs.
+async fn expect_ok(r: reqwest::Response, c: &Cluster) -> reqwest::Response {
+    if r.status() == 200 {
+        return r;
+    }
+    let status = r.status();
+    let body = r.text().await.unwrap_or_default();
+    panic!("status {status}: {body}\n{}", c.log());
+}
+
 async fn error_of(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
     let body: Value = r.json().await.expect("error json");
@@ -95,7 +105,7 @@ async fn completions_chat_errors_and_clean_stop() {
         json!({"model": "tiny", "prompt": "Hello, strata", "max_tokens": 12, "temperature": 0}),
     )
     .await;
-    assert_eq!(r.status(), 200);
+    let r = expect_ok(r, &c).await;
     let instance = header(&r, "x-strata-instance");
     assert!(
         node_ids.contains(&instance),
@@ -134,7 +144,7 @@ async fn completions_chat_errors_and_clean_stop() {
         json!({"model": "tiny", "messages": msgs, "max_tokens": 8, "temperature": 0}),
     )
     .await;
-    assert_eq!(r.status(), 200);
+    let r = expect_ok(r, &c).await;
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["choices"][0]["message"]["role"], "assistant");
