@@ -14,7 +14,7 @@
 
 use super::driver::{DeviceBuf, Event, PinnedBuf, Stream, dev};
 use super::gemm::{Blas, Out};
-use super::kernels::{GEMV_ROWS, ItemMeta, Kernels, PREFILL_ROWS, STAGED};
+use super::kernels::{DECODE_TILE, GEMV_ROWS, ItemMeta, Kernels, PREFILL_ROWS, STAGED};
 use super::kv::KvMemory;
 use super::weights::DeviceWeights;
 use super::workspace::Workspace;
@@ -115,10 +115,13 @@ fn need(item: &WorkItem, bt: usize) -> usize {
     (item.start_pos + item.tokens.len()).div_ceil(bt)
 }
 
-/// Keys per decode-attention partition: enough CTAs to fill the GPU twice over, at least 64.
-fn partition_keys(total_keys: usize, kv_heads: usize) -> usize {
-    let per_cta = (total_keys * kv_heads).div_ceil(264);
-    per_cta.next_multiple_of(64).clamp(64, 2048)
+/// Keys per decode-attention partition: about four CTAs per SM over the step's keys (each CTA
+/// has two tiles of keys in flight; up to six fit an SM), whole tiles, at most 2048 keys.
+fn partition_keys(total_keys: usize, kv_heads: usize, sms: usize) -> usize {
+    let per_cta = (total_keys * kv_heads).div_ceil(4 * sms);
+    per_cta
+        .next_multiple_of(DECODE_TILE)
+        .clamp(DECODE_TILE, 2048)
 }
 
 impl Gpu {
@@ -150,6 +153,61 @@ impl Gpu {
             )
         } else {
             self.blas.linear(y, out, x, w, rows, m, k, accumulate)
+        }
+    }
+
+    /// `y = rms_norm(x) · wᵀ` from the f32 residual `x`: one fused kernel for decode-sized
+    /// steps (the same bits as the two steps), else the norm into `normed`, then [`Gpu::linear`].
+    #[allow(clippy::too_many_arguments)]
+    fn norm_linear(
+        &self,
+        y: u64,
+        out: Out,
+        x: u64,
+        norm_w: u64,
+        w: u64,
+        rows: usize,
+        m: usize,
+    ) -> Result<(), ExecError> {
+        let k = self.dims.hidden;
+        if self.k.norm_gemv_fits(rows, k) {
+            let eps = self.dims.eps;
+            let bf16_out = out == Out::Bf16;
+            self.k
+                .gemv_rms(&self.compute, y, x, 0, norm_w, w, rows, m, k, eps, bf16_out)
+        } else {
+            let normed = self.ws.normed.ptr();
+            self.k.rms_norm(
+                &self.compute,
+                normed,
+                x,
+                norm_w,
+                rows,
+                k as i32,
+                self.dims.eps,
+            )?;
+            self.linear(y, out, normed, w, rows, m, k, false)
+        }
+    }
+
+    /// `act = silu(g) · u` for `[g | u] = rms_norm(x) · w_gate_upᵀ`: one fused kernel for
+    /// decode-sized steps (the same bits as the three steps), else the norm, [`Gpu::linear`]
+    /// into `gu` and `silu_mul`.
+    fn norm_gate_up(
+        &self,
+        x: u64,
+        norm_w: u64,
+        w_gate_up: u64,
+        rows: usize,
+    ) -> Result<(), ExecError> {
+        let (k, ff, eps) = (self.dims.hidden, self.dims.ff, self.dims.eps);
+        let (act, gu) = (self.ws.act.ptr(), self.ws.gu.ptr());
+        if self.k.norm_gemv_fits(rows, k) {
+            self.k
+                .gemv_rms_swiglu(&self.compute, act, x, norm_w, w_gate_up, rows, ff, k, eps)
+        } else {
+            self.norm_linear(gu, Out::Bf16, x, norm_w, w_gate_up, rows, 2 * ff)?;
+            self.k.silu_mul(&self.compute, act, gu, ff as i32, rows)
         }
     }
 
@@ -289,7 +347,7 @@ impl Gpu {
             }
             slots.push(layer_slots);
         }
-        let part_keys = partition_keys(total_keys, self.k.shape.kv_heads);
+        let part_keys = partition_keys(total_keys, self.k.shape.kv_heads, self.k.sms);
         let parts = max_keys.div_ceil(part_keys);
         let sampled: Vec<usize> = (0..items.len())
             .filter(|&n| items[n].sampling.temperature > 0.0)
@@ -355,35 +413,14 @@ impl Gpu {
         let mut staged_layers = vec![false; d.layers];
         for l in 0..d.layers {
             let lw = &w.layers[l];
-            k.rms_norm(
-                c,
-                ws.normed.ptr(),
-                ws.x.ptr(),
-                lw.attn_norm.ptr(),
-                rows,
-                h as i32,
-                d.eps,
-            )?;
-            self.linear(
+            self.norm_linear(
                 ws.qkv.ptr(),
                 Out::F32,
-                ws.normed.ptr(),
+                ws.x.ptr(),
+                lw.attn_norm.ptr(),
                 lw.wqkv.ptr(),
                 rows,
                 sh.qkv_width(),
-                h,
-                false,
-            )?;
-            let bias = lw.bqkv.as_ref().map_or(0, |b| b.ptr());
-            k.rope_qkv(
-                c,
-                ws.qkv.ptr(),
-                bias,
-                m(o_pos),
-                self.cos.ptr(),
-                self.sin.ptr(),
-                ws.q.ptr(),
-                rows,
             )?;
 
             let staged = slots[l].iter().any(Option::is_some);
@@ -413,9 +450,15 @@ impl Gpu {
             }
             let table_l = m(o_table) + (l * per_layer * 4) as u64;
             let staging = self.kv.staging[l % 2].ptr();
-            k.kv_write(
+            let bias = lw.bqkv.as_ref().map_or(0, |b| b.ptr());
+            k.rope_kv_write(
                 c,
                 ws.qkv.ptr(),
+                bias,
+                m(o_pos),
+                self.cos.ptr(),
+                self.sin.ptr(),
+                ws.q.ptr(),
                 m(o_row_item),
                 m(o_items),
                 table_l,
@@ -440,8 +483,10 @@ impl Gpu {
             if !decode_ids.is_empty() {
                 k.attn_decode(
                     c,
+                    ws.att.ptr(),
                     ws.part_o.ptr(),
                     ws.part_ml.ptr(),
+                    ws.counters.ptr(),
                     ws.q.ptr(),
                     m(o_decode),
                     decode_ids.len(),
@@ -452,16 +497,6 @@ impl Gpu {
                     part_keys as i32,
                     parts as i32,
                     scale_log2,
-                )?;
-                k.attn_decode_reduce(
-                    c,
-                    ws.att.ptr(),
-                    ws.part_o.ptr(),
-                    ws.part_ml.ptr(),
-                    m(o_decode),
-                    decode_ids.len(),
-                    m(o_items),
-                    parts as i32,
                 )?;
             }
             if staged {
@@ -488,26 +523,7 @@ impl Gpu {
                 sh.q_dim(),
                 true,
             )?;
-            k.rms_norm(
-                c,
-                ws.normed.ptr(),
-                ws.x.ptr(),
-                lw.mlp_norm.ptr(),
-                rows,
-                h as i32,
-                d.eps,
-            )?;
-            self.linear(
-                ws.gu.ptr(),
-                Out::Bf16,
-                ws.normed.ptr(),
-                lw.w_gate_up.ptr(),
-                rows,
-                2 * ff,
-                h,
-                false,
-            )?;
-            k.silu_mul(c, ws.act.ptr(), ws.gu.ptr(), ff as i32, rows)?;
+            self.norm_gate_up(ws.x.ptr(), lw.mlp_norm.ptr(), lw.w_gate_up.ptr(), rows)?;
             self.linear(
                 ws.x.ptr(),
                 Out::F32,
@@ -528,26 +544,35 @@ impl Gpu {
             ws.x.download(&mut x, "stage activations")?;
             return Ok((out, Some(x)));
         }
-        k.gather_rows(c, ws.last.ptr(), ws.x.ptr(), m(o_last), n, h as i32)?;
-        k.rms_norm(
-            c,
-            ws.last_normed.ptr(),
-            ws.last.ptr(),
-            w.final_norm.ptr(),
-            n,
-            h as i32,
-            d.eps,
-        )?;
-        self.linear(
-            ws.logits.ptr(),
-            Out::F32,
-            ws.last_normed.ptr(),
-            w.lm_head(),
-            n,
-            d.vocab,
-            h,
-            false,
-        )?;
+        if k.norm_gemv_fits(n, h) {
+            // Each item's last row, normalized, times the lm_head: one kernel.
+            let (logits, head) = (ws.logits.ptr(), w.lm_head());
+            let (x, norm) = (ws.x.ptr(), w.final_norm.ptr());
+            k.gemv_rms(
+                c,
+                logits,
+                x,
+                m(o_last),
+                norm,
+                head,
+                n,
+                d.vocab,
+                h,
+                d.eps,
+                false,
+            )?;
+        } else {
+            k.gather_rows(c, ws.last.ptr(), ws.x.ptr(), m(o_last), n, h as i32)?;
+            self.norm_linear(
+                ws.logits.ptr(),
+                Out::F32,
+                ws.last.ptr(),
+                w.final_norm.ptr(),
+                w.lm_head(),
+                n,
+                d.vocab,
+            )?;
+        }
         k.argmax_rows(c, ws.tokens.ptr(), ws.logits.ptr(), n, d.vocab as i32)?;
         if !sampled.is_empty() {
             k.sample_top_p(

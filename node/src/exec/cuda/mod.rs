@@ -3,8 +3,9 @@
 //!
 //! - `driver` — finding the GPU and its libraries, raw device and pinned host buffers, streams
 //!   and events, every call's result checked.
-//! - `kernels` — CUDA C source compiled by NVRTC at start for the device's architecture, with the
-//!   model's shape as compile-time constants; typed launches.
+//! - `kernels` — CUDA C source (`kernels.cu`, and `decode.cu` for the decode step's fused GEMVs
+//!   and attention) compiled by NVRTC at start for the device's architecture, with the model's
+//!   shape as compile-time constants; typed launches.
 //! - `gemm` — bf16 matrix products with f32 accumulation through cuBLAS.
 //! - `weights` — the model's weights on the device in bf16 (uploaded, or random for benchmarks).
 //! - `kv` — the GPU tier, the pinned host tier, the double-buffered staging area, and the copy
