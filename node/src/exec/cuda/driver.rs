@@ -279,6 +279,16 @@ impl Event {
         unsafe { result::event::synchronize(self.0) }.map_err(|e| dev("waiting for the GPU", e))
     }
 
+    /// Whether the work before the event's last record has completed (without waiting).
+    pub(crate) fn done(&self) -> Result<bool, ExecError> {
+        // SAFETY: a live event.
+        match unsafe { sys::cuEventQuery(self.0) } {
+            sys::CUresult::CUDA_SUCCESS => Ok(true),
+            sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            e => Err(dev("querying an event", format!("{e:?}"))),
+        }
+    }
+
     /// Milliseconds from `start` to this event (both recorded with timing).
     pub(crate) fn since(&self, start: &Event) -> Result<f32, ExecError> {
         // SAFETY: live events.

@@ -10,7 +10,11 @@
 //!   with new positions back, recording `ev_out[l]`.
 //!
 //! So a layer's offload overlaps the next layers' compute, and the step's tokens are ready
-//! before the last offloads finish: the next step orders itself after them (`tail_*`).
+//! before the last offloads finish. The plan's own copies (demotions, swaps, reloads) run
+//! first on the copy streams; compute waits for them layer by layer, only where a copy
+//! touches a block the layer uses (`run_copies`). The next step's copies queue behind this
+//! step's (`tail_*`); its compute waits for them only when it uses staging or a GPU block one
+//! of them touches.
 
 use super::driver::{DeviceBuf, Event, PinnedBuf, Stream, dev};
 use super::gemm::{Blas, Out};
@@ -19,10 +23,10 @@ use super::kv::KvMemory;
 use super::weights::DeviceWeights;
 use super::workspace::Workspace;
 use crate::exec::{ExecError, StepOutput};
-use crate::kv::BlockId;
+use crate::kv::{BlockId, Tier};
 use crate::model::rng::Rng;
 use crate::sched::plan::{StepPlan, WorkItem};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Model sizes the step needs.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +46,8 @@ pub(crate) struct Events {
     pub(crate) out: Vec<Event>,
     pub(crate) copies_off: Event,
     pub(crate) copies_rel: Event,
+    /// Per layer: recorded after the last plan copy that touches the layer's blocks.
+    pub(crate) copied: Vec<Event>,
     pub(crate) tail_off: Event,
     pub(crate) tail_rel: Event,
 }
@@ -59,6 +65,7 @@ impl Events {
             out: v()?,
             copies_off: Event::new(false)?,
             copies_rel: Event::new(false)?,
+            copied: v()?,
             tail_off: Event::new(false)?,
             tail_rel: Event::new(false)?,
         })
@@ -99,6 +106,11 @@ pub(crate) struct Gpu {
     pub(crate) meta_host: PinnedBuf,
     pub(crate) meta_dev: DeviceBuf,
     pub(crate) ev: Events,
+    /// Per layer: compute waits `ev.copied[l]` before touching the layer's blocks this step.
+    pub(crate) copy_wait: Vec<bool>,
+    /// GPU blocks that copies of earlier steps read or write and compute has not yet been
+    /// ordered after (see `step`).
+    pub(crate) in_flight: HashSet<u32>,
     pub(crate) dims: Dims,
     /// When the current step began (`STRATA_CUDA_TRACE` reports host enqueue time against it).
     pub(crate) step_started: std::time::Instant,
@@ -213,11 +225,44 @@ impl Gpu {
 
     /// Runs the plan's copies across the two copy streams in list order, and orders compute
     /// and staging after them. Returns the bytes that crossed host ↔ device.
+    ///
+    /// Compute waits only for what it needs, layer by layer: before layer `l` touches its
+    /// blocks it waits for the last copy that reads or writes a GPU block the step's items use
+    /// in layer `l` (a demoted cache block the step reuses, a reloaded layer that decodes now).
+    /// Copies of other blocks (reloads of parked sequences, swaps of idle ones) run beside the
+    /// whole step, as the scheduler's cost model assumes; so does a layer's copy beside the
+    /// layers before it. The next step orders itself after all of them (`tail_*`).
     fn run_copies(&mut self, plan: &StepPlan) -> Result<u64, ExecError> {
+        self.copy_wait.iter_mut().for_each(|w| *w = false);
         if plan.copies.is_empty() {
             return Ok(0);
         }
+        // The layer in which this step's items use each GPU block (a block holds one layer).
+        let mut layer_of: HashMap<u32, usize> = HashMap::new();
+        for item in &plan.items {
+            for (l, lk) in item.layers.iter().enumerate() {
+                for b in lk.blocks.iter().filter(|b| b.tier == Tier::Gpu) {
+                    layer_of.insert(b.index, l);
+                }
+            }
+        }
+        let groups = crate::exec::copy_runs(&plan.copies);
         let runs = self.kv.copy_runs(&plan.copies);
+        debug_assert_eq!(groups.len(), runs.len());
+        // Per layer, the index of the last run that touches one of its blocks.
+        let mut last: Vec<Option<usize>> = vec![None; self.dims.layers];
+        for (i, (first, n)) in groups.iter().enumerate() {
+            for side in [first.src, first.dst] {
+                if side.tier != Tier::Gpu {
+                    continue;
+                }
+                for k in 0..*n as u32 {
+                    if let Some(&l) = layer_of.get(&(side.index + k)) {
+                        last[l] = Some(i);
+                    }
+                }
+            }
+        }
         let mut crossed = 0;
         let mut prev: Option<bool> = None;
         let mut i = 0;
@@ -234,26 +279,31 @@ impl Gpu {
                 mark.record(other)?;
                 stream.wait(mark)?;
             }
-            crossed += self.kv.issue(stream, &runs[i..i + n])?;
+            // Issue the group a run at a time where a layer's last copy ends, recording the
+            // layer's event there: it then covers every earlier run of both streams (a change
+            // of direction waits for the other stream's runs).
+            let mut j = i;
+            while j < i + n {
+                let end = (j..i + n)
+                    .find(|&k| last.contains(&Some(k)))
+                    .map_or(i + n, |k| k + 1);
+                crossed += self.kv.issue(stream, &runs[j..end])?;
+                for (l, _) in last
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, x)| **x == Some(end - 1))
+                {
+                    self.ev.copied[l].record(stream)?;
+                    self.copy_wait[l] = true;
+                }
+                j = end;
+            }
             prev = Some(off);
             i += n;
         }
         self.ev.copies_off.record(&self.offload)?;
         self.ev.copies_rel.record(&self.reload)?;
-        // Compute waits for the copies only when one of them touches a block this step's
-        // items use; otherwise (reloads of parked sequences, swaps of idle ones) the copies
-        // run beside the whole step, as the scheduler's cost model assumes. The next step
-        // orders itself after them either way (`tail_*`).
-        let touched: HashSet<BlockId> = plan.copies.iter().flat_map(|c| [c.src, c.dst]).collect();
-        let conflict = plan.items.iter().any(|item| {
-            item.layers
-                .iter()
-                .any(|lk| lk.blocks.iter().any(|b| touched.contains(b)))
-        });
-        if conflict {
-            self.compute.wait(&self.ev.copies_off)?;
-            self.compute.wait(&self.ev.copies_rel)?;
-        }
+        // Staging copies follow every plan copy on both copy streams.
         self.offload.wait(&self.ev.copies_rel)?;
         self.reload.wait(&self.ev.copies_off)?;
         Ok(crossed)
@@ -270,17 +320,39 @@ impl Gpu {
         self.step_started = std::time::Instant::now();
         let d = self.dims;
         let bt = d.block_tokens;
-        // After the previous step's offloads and reloads.
-        for s in [&self.compute, &self.reload] {
-            s.wait(&self.ev.tail_off)?;
+        // The copy streams keep their order across steps. Compute waits for earlier steps'
+        // copies only where it could meet them: a GPU block one of them reads or writes, or a
+        // staging buffer (their stage-outs read it).
+        self.reload.wait(&self.ev.tail_off)?;
+        self.offload.wait(&self.ev.tail_rel)?;
+        if !self.in_flight.is_empty() && self.ev.tail_off.done()? && self.ev.tail_rel.done()? {
+            self.in_flight.clear();
         }
-        for s in [&self.compute, &self.offload] {
-            s.wait(&self.ev.tail_rel)?;
+        let meets = plan.items.iter().any(|item| {
+            item.layers.iter().any(|lk| {
+                lk.staged
+                    || lk
+                        .blocks
+                        .iter()
+                        .any(|b| b.tier == Tier::Gpu && self.in_flight.contains(&b.index))
+            })
+        });
+        if meets {
+            self.compute.wait(&self.ev.tail_off)?;
+            self.compute.wait(&self.ev.tail_rel)?;
+            self.in_flight.clear();
         }
         let mut out = StepOutput {
             transfer_bytes: self.run_copies(plan)?,
             ..StepOutput::default()
         };
+        self.in_flight.extend(
+            plan.copies
+                .iter()
+                .flat_map(|c| [c.src, c.dst])
+                .filter(|b| b.tier == Tier::Gpu)
+                .map(|b| b.index),
+        );
         let items = &plan.items;
         if items.is_empty() {
             // A step of copies alone takes as long as the copies: wait for them, so that its
@@ -447,6 +519,10 @@ impl Gpu {
                     self.ev.input[l].record(&self.reload)?;
                     c.wait(&self.ev.input[l])?;
                 }
+            }
+            if self.copy_wait[l] {
+                // A plan copy reads or writes one of this layer's blocks (see run_copies).
+                c.wait(&self.ev.copied[l])?;
             }
             let table_l = m(o_table) + (l * per_layer * 4) as u64;
             let staging = self.kv.staging[l % 2].ptr();

@@ -251,6 +251,8 @@ impl CudaExecutor {
             meta_host: PinnedBuf::new(1 << 20, "step metadata")?,
             meta_dev: DeviceBuf::new(1 << 20, "step metadata")?,
             ev: Events::new(cfg.num_layers)?,
+            copy_wait: vec![false; cfg.num_layers],
+            in_flight: Default::default(),
             dims,
             step_started: Instant::now(),
             trace: std::env::var_os("STRATA_CUDA_TRACE").is_some(),
