@@ -76,6 +76,9 @@ pub struct StepModel {
     pub transfer_bytes: u64,
     /// The part of `transfer_bytes` that the plan's copies move.
     pub copy_bytes: u64,
+    /// Runs of host blocks consecutive in the pool that staged layers stream (each is one
+    /// transfer, as the executors issue them): how fragmented streamed sequences are.
+    pub stream_runs: usize,
     /// Seconds those bytes take.
     pub transfer_s: f64,
 }
@@ -99,6 +102,7 @@ pub fn model_step(cost: &CostProfile, layout: &KvLayout, plan: &StepPlan) -> Ste
     };
     let (mut batch, mut sum_ctx) = (0usize, 0usize);
     let mut transfer_bytes = 0u64;
+    let mut stream_runs = 0;
     for item in &plan.items {
         match item.kind {
             WorkKind::Prefill => {
@@ -112,6 +116,7 @@ pub fn model_step(cost: &CostProfile, layout: &KvLayout, plan: &StepPlan) -> Ste
         for layer in item.layers.iter().filter(|l| l.staged) {
             let host = layer.blocks.iter().filter(|b| b.tier == Tier::Host).count();
             transfer_bytes += host as u64 * block_bytes;
+            stream_runs += host_runs(&layer.blocks);
         }
     }
     compute_s += layers as f64 * cost.decode_layer_s(batch, sum_ctx);
@@ -126,6 +131,35 @@ pub fn model_step(cost: &CostProfile, layout: &KvLayout, plan: &StepPlan) -> Ste
         compute_s,
         transfer_bytes,
         copy_bytes,
+        stream_runs,
         transfer_s: cost.transfer_s(transfer_bytes),
+    }
+}
+
+/// Runs of host blocks with consecutive indices in `blocks` (in table order).
+fn host_runs(blocks: &[crate::kv::BlockId]) -> usize {
+    let starts = blocks.iter().enumerate().filter(|(i, b)| {
+        b.tier == Tier::Host
+            && (*i == 0 || {
+                let p = blocks[i - 1];
+                p.tier != Tier::Host || p.index + 1 != b.index
+            })
+    });
+    starts.count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::BlockId;
+
+    #[test]
+    fn host_runs_split_at_gaps_and_gpu_blocks() {
+        let (h, g) = (BlockId::host, BlockId::gpu);
+        assert_eq!(host_runs(&[]), 0);
+        assert_eq!(host_runs(&[g(0), g(1)]), 0);
+        assert_eq!(host_runs(&[h(0), h(1), h(2)]), 1);
+        // h0 h1 | g2 | h2 | h4 h5 | h3: a GPU block, a gap and a step back each start a run.
+        assert_eq!(host_runs(&[h(0), h(1), g(2), h(2), h(4), h(5), h(3)]), 4);
     }
 }

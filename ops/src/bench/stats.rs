@@ -40,8 +40,12 @@ pub struct StepTotals {
     /// moved across tiers.
     pub copy_runs: u64,
     pub copy_bytes: u64,
-    /// Decodes that streamed offloaded layers through staging.
+    /// Decodes that streamed offloaded layers through staging; the bytes of host blocks that
+    /// staged layers (streamed decodes and staged prefills) read, and the runs of consecutive
+    /// blocks those were.
     pub streamed_decodes: u64,
+    pub stream_bytes: u64,
+    pub stream_runs: u64,
     /// Steps and seconds by kind (see [`STEP_KINDS`]).
     pub kinds: [KindTime; 4],
 }
@@ -73,6 +77,8 @@ impl StepTotals {
         self.copy_runs += r.copy_runs as u64;
         self.copy_bytes += r.modelled.copy_bytes;
         self.streamed_decodes += r.streamed_decodes as u64;
+        self.stream_runs += r.modelled.stream_runs as u64;
+        self.stream_bytes += r.modelled.transfer_bytes - r.modelled.copy_bytes;
         let kind = if r.prefills > 0 {
             0
         } else if r.streamed_decodes > 0 {
@@ -101,11 +107,13 @@ impl StepTotals {
             })
             .collect();
         format!(
-            "{}; copies {:.1} GB in {} runs; {} streamed decodes",
+            "{}; copies {:.1} GB in {} runs; {} streamed decodes, streams {:.1} GB in {} runs",
             kinds.join(", "),
             self.copy_bytes as f64 / 1e9,
             self.copy_runs,
-            self.streamed_decodes
+            self.streamed_decodes,
+            self.stream_bytes as f64 / 1e9,
+            self.stream_runs
         )
     }
 }
@@ -146,6 +154,10 @@ pub struct ModeReport {
     pub step_kinds: std::collections::BTreeMap<String, KindTime>,
     /// Runs of consecutive blocks the plans' copies were issued as.
     pub copy_runs: u64,
+    /// Bytes of host blocks that staged layers read (GB), and the runs of consecutive blocks
+    /// they were issued as.
+    pub stream_gb: f64,
+    pub stream_runs: u64,
 }
 
 impl ModeReport {
@@ -217,6 +229,8 @@ impl ModeReport {
                 .map(|(n, k)| (n.to_string(), *k))
                 .collect(),
             copy_runs: steps.copy_runs,
+            stream_gb: steps.stream_bytes as f64 / 1e9,
+            stream_runs: steps.stream_runs,
         }
     }
 }
