@@ -1,20 +1,24 @@
 //! One step on the GPU: the plan's copies, then the batch's forward pass layer by layer, then
 //! sampling.
 //!
-//! Three streams. `compute` runs kernels and GEMMs; `offload` takes device → host copies and
-//! `reload` the rest. A staged layer `l` uses staging buffer `l % 2`:
-//! - its stage-in (blocks holding positions before `start_pos`) runs on `reload`, after the
+//! Five streams. `compute` runs kernels and GEMMs. The plan's own copies (demotions, swaps,
+//! reloads) go on `offload` (device → host) and `reload` (the rest); staged layers move on
+//! `stage_in` and `stage_out`, so that a layer's staging never queues behind plan copies it
+//! does not need. A staged layer `l` uses staging buffer `l % 2`:
+//! - its stage-in (blocks holding positions before `start_pos`) runs on `stage_in`, after the
 //!   stage-out of layer `l − 2` (same buffer) finished, and records `ev_in[l]`;
 //! - compute waits `ev_in[l]` (or that stage-out, when nothing comes in) before writing K/V;
-//! - after attention compute records `ev_attn[l]`; `offload` waits for it and copies the blocks
-//!   with new positions back, recording `ev_out[l]`.
+//! - after attention compute records `ev_attn[l]`; `stage_out` waits for it and copies the
+//!   blocks with new positions back, recording `ev_out[l]`.
 //!
 //! So a layer's offload overlaps the next layers' compute, and the step's tokens are ready
-//! before the last offloads finish. The plan's own copies (demotions, swaps, reloads) run
-//! first on the copy streams; compute waits for them layer by layer, only where a copy
-//! touches a block the layer uses (`run_copies`). The next step's copies queue behind this
-//! step's (`tail_*`); its compute waits for them only when it uses staging or a GPU block one
-//! of them touches.
+//! before the last offloads finish. Compute and a layer's stage-in wait for the plan's copies
+//! layer by layer, only where a copy touches a block (of either tier) the layer uses
+//! (`run_copies`); the other copies run beside the step, as the scheduler's cost model
+//! assumes. Across steps: the plan copies keep their order on their two streams and follow
+//! the last step's staging (`tail_stage`); compute and staging wait for earlier plan copies
+//! (`tail_off`, `tail_rel`) only when the step uses a block one of them touches, and for the
+//! last step's staging only when they use staging.
 
 use super::driver::{DeviceBuf, Event, PinnedBuf, Stream, dev};
 use super::gemm::{Blas, Out};
@@ -23,7 +27,7 @@ use super::kv::KvMemory;
 use super::weights::DeviceWeights;
 use super::workspace::Workspace;
 use crate::exec::{ExecError, StepOutput};
-use crate::kv::{BlockId, Tier};
+use crate::kv::BlockId;
 use crate::model::rng::Rng;
 use crate::sched::plan::{StepPlan, WorkItem};
 use std::collections::{HashMap, HashSet};
@@ -50,6 +54,10 @@ pub(crate) struct Events {
     pub(crate) copied: Vec<Event>,
     pub(crate) tail_off: Event,
     pub(crate) tail_rel: Event,
+    /// The last stage-in of a step, and the step's staging as a whole (on `stage_out`, after
+    /// that stage-in and every stage-out).
+    pub(crate) tail_in: Event,
+    pub(crate) tail_stage: Event,
 }
 
 impl Events {
@@ -68,6 +76,8 @@ impl Events {
             copied: v()?,
             tail_off: Event::new(false)?,
             tail_rel: Event::new(false)?,
+            tail_in: Event::new(false)?,
+            tail_stage: Event::new(false)?,
         })
     }
 }
@@ -98,6 +108,8 @@ pub(crate) struct Gpu {
     pub(crate) compute: Stream,
     pub(crate) offload: Stream,
     pub(crate) reload: Stream,
+    pub(crate) stage_in: Stream,
+    pub(crate) stage_out: Stream,
     pub(crate) w: DeviceWeights,
     pub(crate) kv: KvMemory,
     pub(crate) cos: DeviceBuf,
@@ -106,11 +118,12 @@ pub(crate) struct Gpu {
     pub(crate) meta_host: PinnedBuf,
     pub(crate) meta_dev: DeviceBuf,
     pub(crate) ev: Events,
-    /// Per layer: compute waits `ev.copied[l]` before touching the layer's blocks this step.
+    /// Per layer: compute and the layer's stage-in wait `ev.copied[l]` before touching the
+    /// layer's blocks this step.
     pub(crate) copy_wait: Vec<bool>,
-    /// GPU blocks that copies of earlier steps read or write and compute has not yet been
-    /// ordered after (see `step`).
-    pub(crate) in_flight: HashSet<u32>,
+    /// Blocks (either tier) that plan copies of earlier steps read or write and that compute
+    /// and staging have not yet been ordered after (see `step`).
+    pub(crate) in_flight: HashSet<BlockId>,
     pub(crate) dims: Dims,
     /// When the current step began (`STRATA_CUDA_TRACE` reports host enqueue time against it).
     pub(crate) step_started: std::time::Instant,
@@ -223,26 +236,27 @@ impl Gpu {
         }
     }
 
-    /// Runs the plan's copies across the two copy streams in list order, and orders compute
-    /// and staging after them. Returns the bytes that crossed host ↔ device.
+    /// Runs the plan's copies across the two copy streams in list order. Returns the bytes
+    /// that crossed host ↔ device.
     ///
-    /// Compute waits only for what it needs, layer by layer: before layer `l` touches its
-    /// blocks it waits for the last copy that reads or writes a GPU block the step's items use
-    /// in layer `l` (a demoted cache block the step reuses, a reloaded layer that decodes now).
+    /// Compute and staging wait only for what they need, layer by layer: before layer `l`
+    /// touches its blocks (or stages them in) they wait for the last copy that reads or writes
+    /// a block, of either tier, the step's items use in layer `l` (a demoted cache block the
+    /// step reuses, a reloaded layer that decodes now, a layer swapped out that streams now).
     /// Copies of other blocks (reloads of parked sequences, swaps of idle ones) run beside the
     /// whole step, as the scheduler's cost model assumes; so does a layer's copy beside the
-    /// layers before it. The next step orders itself after all of them (`tail_*`).
+    /// layers before it.
     fn run_copies(&mut self, plan: &StepPlan) -> Result<u64, ExecError> {
         self.copy_wait.iter_mut().for_each(|w| *w = false);
         if plan.copies.is_empty() {
             return Ok(0);
         }
-        // The layer in which this step's items use each GPU block (a block holds one layer).
-        let mut layer_of: HashMap<u32, usize> = HashMap::new();
+        // The layer in which this step's items use each block (a block holds one layer).
+        let mut layer_of: HashMap<BlockId, usize> = HashMap::new();
         for item in &plan.items {
             for (l, lk) in item.layers.iter().enumerate() {
-                for b in lk.blocks.iter().filter(|b| b.tier == Tier::Gpu) {
-                    layer_of.insert(b.index, l);
+                for &b in &lk.blocks {
+                    layer_of.insert(b, l);
                 }
             }
         }
@@ -253,11 +267,12 @@ impl Gpu {
         let mut last: Vec<Option<usize>> = vec![None; self.dims.layers];
         for (i, (first, n)) in groups.iter().enumerate() {
             for side in [first.src, first.dst] {
-                if side.tier != Tier::Gpu {
-                    continue;
-                }
                 for k in 0..*n as u32 {
-                    if let Some(&l) = layer_of.get(&(side.index + k)) {
+                    let b = BlockId {
+                        index: side.index + k,
+                        ..side
+                    };
+                    if let Some(&l) = layer_of.get(&b) {
                         last[l] = Some(i);
                     }
                 }
@@ -301,12 +316,16 @@ impl Gpu {
             prev = Some(off);
             i += n;
         }
-        self.ev.copies_off.record(&self.offload)?;
-        self.ev.copies_rel.record(&self.reload)?;
-        // Staging copies follow every plan copy on both copy streams.
-        self.offload.wait(&self.ev.copies_rel)?;
-        self.reload.wait(&self.ev.copies_off)?;
         Ok(crossed)
+    }
+
+    /// Marks the ends of the step's work on the copy streams for the next step (see `step`).
+    fn record_tails(&self) -> Result<(), ExecError> {
+        self.ev.tail_off.record(&self.offload)?;
+        self.ev.tail_rel.record(&self.reload)?;
+        self.ev.tail_in.record(&self.stage_in)?;
+        self.stage_out.wait(&self.ev.tail_in)?;
+        self.ev.tail_stage.record(&self.stage_out)
     }
 
     /// Runs a validated plan from token ids (`hidden` is `None`) or, on a later pipeline stage,
@@ -320,39 +339,44 @@ impl Gpu {
         self.step_started = std::time::Instant::now();
         let d = self.dims;
         let bt = d.block_tokens;
-        // The copy streams keep their order across steps. Compute waits for earlier steps'
-        // copies only where it could meet them: a GPU block one of them reads or writes, or a
-        // staging buffer (their stage-outs read it).
+        // The plan copies keep their order across steps, after the last step's staging (its
+        // stage-outs write host blocks a copy may read). Compute and staging wait for earlier
+        // plan copies only where they could meet them: a block one of them reads or writes.
+        for s in [&self.reload, &self.offload] {
+            s.wait(&self.ev.tail_stage)?;
+        }
         self.reload.wait(&self.ev.tail_off)?;
         self.offload.wait(&self.ev.tail_rel)?;
         if !self.in_flight.is_empty() && self.ev.tail_off.done()? && self.ev.tail_rel.done()? {
             self.in_flight.clear();
         }
         let meets = plan.items.iter().any(|item| {
-            item.layers.iter().any(|lk| {
-                lk.staged
-                    || lk
-                        .blocks
-                        .iter()
-                        .any(|b| b.tier == Tier::Gpu && self.in_flight.contains(&b.index))
-            })
+            item.layers
+                .iter()
+                .any(|lk| lk.blocks.iter().any(|b| self.in_flight.contains(b)))
         });
         if meets {
-            self.compute.wait(&self.ev.tail_off)?;
-            self.compute.wait(&self.ev.tail_rel)?;
+            for s in [&self.compute, &self.stage_in] {
+                s.wait(&self.ev.tail_off)?;
+                s.wait(&self.ev.tail_rel)?;
+            }
             self.in_flight.clear();
+        }
+        // The staging buffers: the last step's stage-outs read them.
+        if plan
+            .items
+            .iter()
+            .any(|i| i.layers.iter().any(|lk| lk.staged))
+        {
+            self.compute.wait(&self.ev.tail_stage)?;
+            self.stage_in.wait(&self.ev.tail_stage)?;
         }
         let mut out = StepOutput {
             transfer_bytes: self.run_copies(plan)?,
             ..StepOutput::default()
         };
-        self.in_flight.extend(
-            plan.copies
-                .iter()
-                .flat_map(|c| [c.src, c.dst])
-                .filter(|b| b.tier == Tier::Gpu)
-                .map(|b| b.index),
-        );
+        self.in_flight
+            .extend(plan.copies.iter().flat_map(|c| [c.src, c.dst]));
         let items = &plan.items;
         if items.is_empty() {
             // A step of copies alone takes as long as the copies: wait for them, so that its
@@ -511,12 +535,15 @@ impl Gpu {
                     }
                 }
                 if l >= 2 && staged_layers[l - 2] {
-                    self.reload.wait(&self.ev.out[l - 2])?;
+                    self.stage_in.wait(&self.ev.out[l - 2])?;
                     c.wait(&self.ev.out[l - 2])?;
                 }
                 if !ins.is_empty() {
-                    out.transfer_bytes += self.kv.issue(&self.reload, &ins)?;
-                    self.ev.input[l].record(&self.reload)?;
+                    if self.copy_wait[l] {
+                        self.stage_in.wait(&self.ev.copied[l])?;
+                    }
+                    out.transfer_bytes += self.kv.issue(&self.stage_in, &ins)?;
+                    self.ev.input[l].record(&self.stage_in)?;
                     c.wait(&self.ev.input[l])?;
                 }
             }
@@ -577,7 +604,7 @@ impl Gpu {
             }
             if staged {
                 self.ev.attn[l].record(c)?;
-                self.offload.wait(&self.ev.attn[l])?;
+                self.stage_out.wait(&self.ev.attn[l])?;
                 let mut outs = Vec::new();
                 for (item, slot) in items.iter().zip(&slots[l]) {
                     if let Some(s0) = slot {
@@ -586,8 +613,8 @@ impl Gpu {
                         outs.extend(self.kv.staging_runs(l, s0 + first, blocks, true));
                     }
                 }
-                out.transfer_bytes += self.kv.issue(&self.offload, &outs)?;
-                self.ev.out[l].record(&self.offload)?;
+                out.transfer_bytes += self.kv.issue(&self.stage_out, &outs)?;
+                self.ev.out[l].record(&self.stage_out)?;
             }
             self.linear(
                 ws.x.ptr(),
@@ -613,8 +640,7 @@ impl Gpu {
         }
         let n = items.len();
         if !self.samples {
-            self.ev.tail_off.record(&self.offload)?;
-            self.ev.tail_rel.record(&self.reload)?;
+            self.record_tails()?;
             c.sync("running the stage")?;
             let mut x = vec![0f32; rows * h];
             ws.x.download(&mut x, "stage activations")?;
@@ -662,8 +688,7 @@ impl Gpu {
                 m(o_us),
             )?;
         }
-        self.ev.tail_off.record(&self.offload)?;
-        self.ev.tail_rel.record(&self.reload)?;
+        self.record_tails()?;
         let queued = std::time::Instant::now();
         c.sync("running the step")?;
         if self.trace {

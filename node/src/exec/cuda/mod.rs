@@ -9,7 +9,8 @@
 //! - `gemm` — bf16 matrix products with f32 accumulation through cuBLAS.
 //! - `weights` — the model's weights on the device in bf16 (uploaded, or random for benchmarks).
 //! - `kv` — the GPU tier, the pinned host tier, the double-buffered staging area, and the copy
-//!   streams (offload, reload) ordered against compute by per-layer events.
+//!   streams (offload and reload for the plan's copies, stage-in and stage-out for staged
+//!   layers) ordered against compute by per-layer events.
 //! - `forward` — one step's batched forward pass, layer by layer.
 //! - `workspace` — activation buffers, grown on demand.
 //! - `peaks` — the device's measured GEMM and copy rates.
@@ -243,6 +244,8 @@ impl CudaExecutor {
             blas: gemm::Blas::new(&compute)?,
             offload: Stream::new()?,
             reload: Stream::new()?,
+            stage_in: Stream::new()?,
+            stage_out: Stream::new()?,
             w,
             kv: kv::KvMemory::new(&layout, &pools)?,
             cos: cos_buf,
@@ -289,7 +292,8 @@ impl CudaExecutor {
     /// after `execute` returns its tokens). Benchmarks call it to time transfers.
     pub fn synchronize(&mut self) -> Result<(), ExecError> {
         self.bind()?;
-        for s in [&self.gpu.compute, &self.gpu.offload, &self.gpu.reload] {
+        let g = &self.gpu;
+        for s in [&g.compute, &g.offload, &g.reload, &g.stage_in, &g.stage_out] {
             s.sync("waiting for the GPU")?;
         }
         Ok(())
