@@ -115,14 +115,23 @@ impl DeviceBuf {
         self.bytes
     }
 
-    /// Copies `src` to the start of the buffer and waits.
+    /// Copies `src` to the start of the buffer and waits until the data is on the device.
+    ///
+    /// A synchronous copy from pageable memory may return once `src` is staged for DMA, before
+    /// the device holds it; and the executor's streams do not synchronize with the legacy
+    /// stream that copy runs on. So the legacy stream is synchronized too: a kernel launched
+    /// after `upload` returns reads the new bytes.
     pub(crate) fn upload<T: Copy>(&self, src: &[T], what: &str) -> Result<(), ExecError> {
         let n = std::mem::size_of_val(src);
         assert!(n <= self.bytes, "upload of {n} bytes into {}", self.bytes);
-        // SAFETY: `src` is `n` readable bytes; the buffer holds at least `n`.
-        unsafe { sys::cuMemcpyHtoD_v2(self.ptr, src.as_ptr() as *const c_void, n) }
-            .result()
-            .map_err(|e| dev(&format!("uploading {what}"), e))
+        // SAFETY: `src` is `n` readable bytes; the buffer holds at least `n`. The null stream
+        // is the legacy default stream the copy ran on.
+        unsafe {
+            sys::cuMemcpyHtoD_v2(self.ptr, src.as_ptr() as *const c_void, n)
+                .result()
+                .and_then(|()| sys::cuStreamSynchronize(std::ptr::null_mut()).result())
+        }
+        .map_err(|e| dev(&format!("uploading {what}"), e))
     }
 
     /// Copies the first `dst.len()` elements of the buffer to `dst` and waits.
