@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Compiles node/src/exec/cuda/kernels.cu with NVRTC for sm_90, as the cuda executor does at
+"""Compiles node/src/exec/cuda/kernels.cu + decode.cu with NVRTC for sm_90, as the cuda executor does at
 start, for several model shapes: catches compile errors and shows register use and spills
 without a GPU. Needs libnvrtc.so.13 (e.g. `pip download --no-deps "nvidia-cuda-nvrtc==13.0.*"`,
 unzip it, and point NVRTC_LIB at nvidia/cu13/lib/libnvrtc.so.13).
@@ -9,7 +9,9 @@ usage: scripts/nvrtc-check.py [-v]   (-v prints ptxas's per-kernel resource repo
 import ctypes, os, sys
 
 LIB = os.environ.get("NVRTC_LIB", "/opt/nvrtc/nvidia/cu13/lib/libnvrtc.so.13")
-SRC = os.path.join(os.path.dirname(__file__), "..", "node/src/exec/cuda/kernels.cu")
+CUDA_DIR = os.path.join(os.path.dirname(__file__), "..", "node/src/exec/cuda")
+# In the order kernels.rs concatenates them.
+SOURCES = ["kernels.cu", "decode.cu"]
 # (head_dim, heads, kv_heads, block_tokens): Llama-3-8B, 70B, and the test shapes.
 SHAPES = [(128, 32, 8, 16), (128, 64, 8, 16), (16, 4, 2, 16), (32, 8, 2, 5), (64, 8, 8, 32)]
 
@@ -23,7 +25,7 @@ def main():
             ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
             break
     nv = ctypes.CDLL(LIB)
-    src = open(SRC, "rb").read()
+    src = b"".join(open(os.path.join(CUDA_DIR, f), "rb").read() for f in SOURCES)
     bad = 0
     for hd, h, kvh, bt in SHAPES:
         prog = ctypes.c_void_p()

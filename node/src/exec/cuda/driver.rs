@@ -115,14 +115,23 @@ impl DeviceBuf {
         self.bytes
     }
 
-    /// Copies `src` to the start of the buffer and waits.
+    /// Copies `src` to the start of the buffer and waits until the data is on the device.
+    ///
+    /// A synchronous copy from pageable memory may return once `src` is staged for DMA, before
+    /// the device holds it; and the executor's streams do not synchronize with the legacy
+    /// stream that copy runs on. So the legacy stream is synchronized too: a kernel launched
+    /// after `upload` returns reads the new bytes.
     pub(crate) fn upload<T: Copy>(&self, src: &[T], what: &str) -> Result<(), ExecError> {
         let n = std::mem::size_of_val(src);
         assert!(n <= self.bytes, "upload of {n} bytes into {}", self.bytes);
-        // SAFETY: `src` is `n` readable bytes; the buffer holds at least `n`.
-        unsafe { sys::cuMemcpyHtoD_v2(self.ptr, src.as_ptr() as *const c_void, n) }
-            .result()
-            .map_err(|e| dev(&format!("uploading {what}"), e))
+        // SAFETY: `src` is `n` readable bytes; the buffer holds at least `n`. The null stream
+        // is the legacy default stream the copy ran on.
+        unsafe {
+            sys::cuMemcpyHtoD_v2(self.ptr, src.as_ptr() as *const c_void, n)
+                .result()
+                .and_then(|()| sys::cuStreamSynchronize(std::ptr::null_mut()).result())
+        }
+        .map_err(|e| dev(&format!("uploading {what}"), e))
     }
 
     /// Copies the first `dst.len()` elements of the buffer to `dst` and waits.
@@ -277,6 +286,16 @@ impl Event {
     pub(crate) fn sync(&self) -> Result<(), ExecError> {
         // SAFETY: a live event.
         unsafe { result::event::synchronize(self.0) }.map_err(|e| dev("waiting for the GPU", e))
+    }
+
+    /// Whether the work before the event's last record has completed (without waiting).
+    pub(crate) fn done(&self) -> Result<bool, ExecError> {
+        // SAFETY: a live event.
+        match unsafe { sys::cuEventQuery(self.0) } {
+            sys::CUresult::CUDA_SUCCESS => Ok(true),
+            sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            e => Err(dev("querying an event", format!("{e:?}"))),
+        }
     }
 
     /// Milliseconds from `start` to this event (both recorded with timing).

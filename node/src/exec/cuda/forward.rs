@@ -1,20 +1,28 @@
 //! One step on the GPU: the plan's copies, then the batch's forward pass layer by layer, then
 //! sampling.
 //!
-//! Three streams. `compute` runs kernels and GEMMs; `offload` takes device → host copies and
-//! `reload` the rest. A staged layer `l` uses staging buffer `l % 2`:
-//! - its stage-in (blocks holding positions before `start_pos`) runs on `reload`, after the
+//! Five streams. `compute` runs kernels and GEMMs. The plan's own copies (demotions, swaps,
+//! reloads) go on `offload` (device → host) and `reload` (the rest); staged layers move on
+//! `stage_in` and `stage_out`, so that a layer's staging never queues behind plan copies it
+//! does not need. A staged layer `l` uses staging buffer `l % 2`:
+//! - its stage-in (blocks holding positions before `start_pos`) runs on `stage_in`, after the
 //!   stage-out of layer `l − 2` (same buffer) finished, and records `ev_in[l]`;
 //! - compute waits `ev_in[l]` (or that stage-out, when nothing comes in) before writing K/V;
-//! - after attention compute records `ev_attn[l]`; `offload` waits for it and copies the blocks
-//!   with new positions back, recording `ev_out[l]`.
+//! - after attention compute records `ev_attn[l]`; `stage_out` waits for it and copies the
+//!   blocks with new positions back, recording `ev_out[l]`.
 //!
 //! So a layer's offload overlaps the next layers' compute, and the step's tokens are ready
-//! before the last offloads finish: the next step orders itself after them (`tail_*`).
+//! before the last offloads finish. Compute and a layer's stage-in wait for the plan's copies
+//! layer by layer, only where a copy touches a block (of either tier) the layer uses
+//! (`run_copies`); the other copies run beside the step, as the scheduler's cost model
+//! assumes. Across steps: the plan copies keep their order on their two streams and follow
+//! the last step's staging (`tail_stage`); compute and staging wait for earlier plan copies
+//! (`tail_off`, `tail_rel`) only when the step uses a block one of them touches, and for the
+//! last step's staging only when they use staging.
 
 use super::driver::{DeviceBuf, Event, PinnedBuf, Stream, dev};
 use super::gemm::{Blas, Out};
-use super::kernels::{GEMV_ROWS, ItemMeta, Kernels, PREFILL_ROWS, STAGED};
+use super::kernels::{DECODE_TILE, GEMV_ROWS, ItemMeta, Kernels, PREFILL_ROWS, STAGED};
 use super::kv::KvMemory;
 use super::weights::DeviceWeights;
 use super::workspace::Workspace;
@@ -22,7 +30,7 @@ use crate::exec::{ExecError, StepOutput};
 use crate::kv::BlockId;
 use crate::model::rng::Rng;
 use crate::sched::plan::{StepPlan, WorkItem};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Model sizes the step needs.
 #[derive(Debug, Clone, Copy)]
@@ -42,8 +50,14 @@ pub(crate) struct Events {
     pub(crate) out: Vec<Event>,
     pub(crate) copies_off: Event,
     pub(crate) copies_rel: Event,
+    /// Per layer: recorded after the last plan copy that touches the layer's blocks.
+    pub(crate) copied: Vec<Event>,
     pub(crate) tail_off: Event,
     pub(crate) tail_rel: Event,
+    /// The last stage-in of a step, and the step's staging as a whole (on `stage_out`, after
+    /// that stage-in and every stage-out).
+    pub(crate) tail_in: Event,
+    pub(crate) tail_stage: Event,
 }
 
 impl Events {
@@ -59,8 +73,11 @@ impl Events {
             out: v()?,
             copies_off: Event::new(false)?,
             copies_rel: Event::new(false)?,
+            copied: v()?,
             tail_off: Event::new(false)?,
             tail_rel: Event::new(false)?,
+            tail_in: Event::new(false)?,
+            tail_stage: Event::new(false)?,
         })
     }
 }
@@ -91,6 +108,8 @@ pub(crate) struct Gpu {
     pub(crate) compute: Stream,
     pub(crate) offload: Stream,
     pub(crate) reload: Stream,
+    pub(crate) stage_in: Stream,
+    pub(crate) stage_out: Stream,
     pub(crate) w: DeviceWeights,
     pub(crate) kv: KvMemory,
     pub(crate) cos: DeviceBuf,
@@ -99,6 +118,12 @@ pub(crate) struct Gpu {
     pub(crate) meta_host: PinnedBuf,
     pub(crate) meta_dev: DeviceBuf,
     pub(crate) ev: Events,
+    /// Per layer: compute and the layer's stage-in wait `ev.copied[l]` before touching the
+    /// layer's blocks this step.
+    pub(crate) copy_wait: Vec<bool>,
+    /// Blocks (either tier) that plan copies of earlier steps read or write and that compute
+    /// and staging have not yet been ordered after (see `step`).
+    pub(crate) in_flight: HashSet<BlockId>,
     pub(crate) dims: Dims,
     /// When the current step began (`STRATA_CUDA_TRACE` reports host enqueue time against it).
     pub(crate) step_started: std::time::Instant,
@@ -115,10 +140,13 @@ fn need(item: &WorkItem, bt: usize) -> usize {
     (item.start_pos + item.tokens.len()).div_ceil(bt)
 }
 
-/// Keys per decode-attention partition: enough CTAs to fill the GPU twice over, at least 64.
-fn partition_keys(total_keys: usize, kv_heads: usize) -> usize {
-    let per_cta = (total_keys * kv_heads).div_ceil(264);
-    per_cta.next_multiple_of(64).clamp(64, 2048)
+/// Keys per decode-attention partition: about four CTAs per SM over the step's keys (each CTA
+/// has two tiles of keys in flight; up to six fit an SM), whole tiles, at most 2048 keys.
+fn partition_keys(total_keys: usize, kv_heads: usize, sms: usize) -> usize {
+    let per_cta = (total_keys * kv_heads).div_ceil(4 * sms);
+    per_cta
+        .next_multiple_of(DECODE_TILE)
+        .clamp(DECODE_TILE, 2048)
 }
 
 impl Gpu {
@@ -153,13 +181,103 @@ impl Gpu {
         }
     }
 
-    /// Runs the plan's copies across the two copy streams in list order, and orders compute
-    /// and staging after them. Returns the bytes that crossed host ↔ device.
+    /// `y = rms_norm(x) · wᵀ` from the f32 residual `x`: one fused kernel for decode-sized
+    /// steps (the same bits as the two steps), else the norm into `normed`, then [`Gpu::linear`].
+    #[allow(clippy::too_many_arguments)]
+    fn norm_linear(
+        &self,
+        y: u64,
+        out: Out,
+        x: u64,
+        norm_w: u64,
+        w: u64,
+        rows: usize,
+        m: usize,
+    ) -> Result<(), ExecError> {
+        let k = self.dims.hidden;
+        if self.k.norm_gemv_fits(rows, k) {
+            let eps = self.dims.eps;
+            let bf16_out = out == Out::Bf16;
+            self.k
+                .gemv_rms(&self.compute, y, x, 0, norm_w, w, rows, m, k, eps, bf16_out)
+        } else {
+            let normed = self.ws.normed.ptr();
+            self.k.rms_norm(
+                &self.compute,
+                normed,
+                x,
+                norm_w,
+                rows,
+                k as i32,
+                self.dims.eps,
+            )?;
+            self.linear(y, out, normed, w, rows, m, k, false)
+        }
+    }
+
+    /// `act = silu(g) · u` for `[g | u] = rms_norm(x) · w_gate_upᵀ`: one fused kernel for
+    /// decode-sized steps (the same bits as the three steps), else the norm, [`Gpu::linear`]
+    /// into `gu` and `silu_mul`.
+    fn norm_gate_up(
+        &self,
+        x: u64,
+        norm_w: u64,
+        w_gate_up: u64,
+        rows: usize,
+    ) -> Result<(), ExecError> {
+        let (k, ff, eps) = (self.dims.hidden, self.dims.ff, self.dims.eps);
+        let (act, gu) = (self.ws.act.ptr(), self.ws.gu.ptr());
+        if self.k.norm_gemv_fits(rows, k) {
+            self.k
+                .gemv_rms_swiglu(&self.compute, act, x, norm_w, w_gate_up, rows, ff, k, eps)
+        } else {
+            self.norm_linear(gu, Out::Bf16, x, norm_w, w_gate_up, rows, 2 * ff)?;
+            self.k.silu_mul(&self.compute, act, gu, ff as i32, rows)
+        }
+    }
+
+    /// Runs the plan's copies across the two copy streams in list order. Returns the bytes
+    /// that crossed host ↔ device.
+    ///
+    /// Compute and staging wait only for what they need, layer by layer: before layer `l`
+    /// touches its blocks (or stages them in) they wait for the last copy that reads or writes
+    /// a block, of either tier, the step's items use in layer `l` (a demoted cache block the
+    /// step reuses, a reloaded layer that decodes now, a layer swapped out that streams now).
+    /// Copies of other blocks (reloads of parked sequences, swaps of idle ones) run beside the
+    /// whole step, as the scheduler's cost model assumes; so does a layer's copy beside the
+    /// layers before it.
     fn run_copies(&mut self, plan: &StepPlan) -> Result<u64, ExecError> {
+        self.copy_wait.iter_mut().for_each(|w| *w = false);
         if plan.copies.is_empty() {
             return Ok(0);
         }
+        // The layer in which this step's items use each block (a block holds one layer).
+        let mut layer_of: HashMap<BlockId, usize> = HashMap::new();
+        for item in &plan.items {
+            for (l, lk) in item.layers.iter().enumerate() {
+                for &b in &lk.blocks {
+                    layer_of.insert(b, l);
+                }
+            }
+        }
+        let groups = crate::exec::copy_runs(&plan.copies);
         let runs = self.kv.copy_runs(&plan.copies);
+        debug_assert_eq!(groups.len(), runs.len());
+        // Per layer, the index of the last run that touches one of its blocks.
+        let mut last: Vec<Option<usize>> = vec![None; self.dims.layers];
+        for (i, (first, n)) in groups.iter().enumerate() {
+            for side in [first.src, first.dst] {
+                for k in 0..*n as u32 {
+                    let b = BlockId {
+                        index: side.index + k,
+                        ..side
+                    };
+                    if let Some(&l) = layer_of.get(&b) {
+                        last[l] = Some(i);
+                    }
+                }
+            }
+        }
         let mut crossed = 0;
         let mut prev: Option<bool> = None;
         let mut i = 0;
@@ -176,29 +294,38 @@ impl Gpu {
                 mark.record(other)?;
                 stream.wait(mark)?;
             }
-            crossed += self.kv.issue(stream, &runs[i..i + n])?;
+            // Issue the group a run at a time where a layer's last copy ends, recording the
+            // layer's event there: it then covers every earlier run of both streams (a change
+            // of direction waits for the other stream's runs).
+            let mut j = i;
+            while j < i + n {
+                let end = (j..i + n)
+                    .find(|&k| last.contains(&Some(k)))
+                    .map_or(i + n, |k| k + 1);
+                crossed += self.kv.issue(stream, &runs[j..end])?;
+                for (l, _) in last
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, x)| **x == Some(end - 1))
+                {
+                    self.ev.copied[l].record(stream)?;
+                    self.copy_wait[l] = true;
+                }
+                j = end;
+            }
             prev = Some(off);
             i += n;
         }
-        self.ev.copies_off.record(&self.offload)?;
-        self.ev.copies_rel.record(&self.reload)?;
-        // Compute waits for the copies only when one of them touches a block this step's
-        // items use; otherwise (reloads of parked sequences, swaps of idle ones) the copies
-        // run beside the whole step, as the scheduler's cost model assumes. The next step
-        // orders itself after them either way (`tail_*`).
-        let touched: HashSet<BlockId> = plan.copies.iter().flat_map(|c| [c.src, c.dst]).collect();
-        let conflict = plan.items.iter().any(|item| {
-            item.layers
-                .iter()
-                .any(|lk| lk.blocks.iter().any(|b| touched.contains(b)))
-        });
-        if conflict {
-            self.compute.wait(&self.ev.copies_off)?;
-            self.compute.wait(&self.ev.copies_rel)?;
-        }
-        self.offload.wait(&self.ev.copies_rel)?;
-        self.reload.wait(&self.ev.copies_off)?;
         Ok(crossed)
+    }
+
+    /// Marks the ends of the step's work on the copy streams for the next step (see `step`).
+    fn record_tails(&self) -> Result<(), ExecError> {
+        self.ev.tail_off.record(&self.offload)?;
+        self.ev.tail_rel.record(&self.reload)?;
+        self.ev.tail_in.record(&self.stage_in)?;
+        self.stage_out.wait(&self.ev.tail_in)?;
+        self.ev.tail_stage.record(&self.stage_out)
     }
 
     /// Runs a validated plan from token ids (`hidden` is `None`) or, on a later pipeline stage,
@@ -212,17 +339,44 @@ impl Gpu {
         self.step_started = std::time::Instant::now();
         let d = self.dims;
         let bt = d.block_tokens;
-        // After the previous step's offloads and reloads.
-        for s in [&self.compute, &self.reload] {
-            s.wait(&self.ev.tail_off)?;
+        // The plan copies keep their order across steps, after the last step's staging (its
+        // stage-outs write host blocks a copy may read). Compute and staging wait for earlier
+        // plan copies only where they could meet them: a block one of them reads or writes.
+        for s in [&self.reload, &self.offload] {
+            s.wait(&self.ev.tail_stage)?;
         }
-        for s in [&self.compute, &self.offload] {
-            s.wait(&self.ev.tail_rel)?;
+        self.reload.wait(&self.ev.tail_off)?;
+        self.offload.wait(&self.ev.tail_rel)?;
+        if !self.in_flight.is_empty() && self.ev.tail_off.done()? && self.ev.tail_rel.done()? {
+            self.in_flight.clear();
+        }
+        let meets = plan.items.iter().any(|item| {
+            item.layers
+                .iter()
+                .any(|lk| lk.blocks.iter().any(|b| self.in_flight.contains(b)))
+        });
+        if meets {
+            for s in [&self.compute, &self.stage_in] {
+                s.wait(&self.ev.tail_off)?;
+                s.wait(&self.ev.tail_rel)?;
+            }
+            self.in_flight.clear();
+        }
+        // The staging buffers: the last step's stage-outs read them.
+        if plan
+            .items
+            .iter()
+            .any(|i| i.layers.iter().any(|lk| lk.staged))
+        {
+            self.compute.wait(&self.ev.tail_stage)?;
+            self.stage_in.wait(&self.ev.tail_stage)?;
         }
         let mut out = StepOutput {
             transfer_bytes: self.run_copies(plan)?,
             ..StepOutput::default()
         };
+        self.in_flight
+            .extend(plan.copies.iter().flat_map(|c| [c.src, c.dst]));
         let items = &plan.items;
         if items.is_empty() {
             // A step of copies alone takes as long as the copies: wait for them, so that its
@@ -289,7 +443,7 @@ impl Gpu {
             }
             slots.push(layer_slots);
         }
-        let part_keys = partition_keys(total_keys, self.k.shape.kv_heads);
+        let part_keys = partition_keys(total_keys, self.k.shape.kv_heads, self.k.sms);
         let parts = max_keys.div_ceil(part_keys);
         let sampled: Vec<usize> = (0..items.len())
             .filter(|&n| items[n].sampling.temperature > 0.0)
@@ -355,35 +509,14 @@ impl Gpu {
         let mut staged_layers = vec![false; d.layers];
         for l in 0..d.layers {
             let lw = &w.layers[l];
-            k.rms_norm(
-                c,
-                ws.normed.ptr(),
-                ws.x.ptr(),
-                lw.attn_norm.ptr(),
-                rows,
-                h as i32,
-                d.eps,
-            )?;
-            self.linear(
+            self.norm_linear(
                 ws.qkv.ptr(),
                 Out::F32,
-                ws.normed.ptr(),
+                ws.x.ptr(),
+                lw.attn_norm.ptr(),
                 lw.wqkv.ptr(),
                 rows,
                 sh.qkv_width(),
-                h,
-                false,
-            )?;
-            let bias = lw.bqkv.as_ref().map_or(0, |b| b.ptr());
-            k.rope_qkv(
-                c,
-                ws.qkv.ptr(),
-                bias,
-                m(o_pos),
-                self.cos.ptr(),
-                self.sin.ptr(),
-                ws.q.ptr(),
-                rows,
             )?;
 
             let staged = slots[l].iter().any(Option::is_some);
@@ -402,20 +535,33 @@ impl Gpu {
                     }
                 }
                 if l >= 2 && staged_layers[l - 2] {
-                    self.reload.wait(&self.ev.out[l - 2])?;
+                    self.stage_in.wait(&self.ev.out[l - 2])?;
                     c.wait(&self.ev.out[l - 2])?;
                 }
                 if !ins.is_empty() {
-                    out.transfer_bytes += self.kv.issue(&self.reload, &ins)?;
-                    self.ev.input[l].record(&self.reload)?;
+                    if self.copy_wait[l] {
+                        self.stage_in.wait(&self.ev.copied[l])?;
+                    }
+                    out.transfer_bytes += self.kv.issue(&self.stage_in, &ins)?;
+                    self.ev.input[l].record(&self.stage_in)?;
                     c.wait(&self.ev.input[l])?;
                 }
             }
+            if self.copy_wait[l] {
+                // A plan copy reads or writes one of this layer's blocks (see run_copies).
+                c.wait(&self.ev.copied[l])?;
+            }
             let table_l = m(o_table) + (l * per_layer * 4) as u64;
             let staging = self.kv.staging[l % 2].ptr();
-            k.kv_write(
+            let bias = lw.bqkv.as_ref().map_or(0, |b| b.ptr());
+            k.rope_kv_write(
                 c,
                 ws.qkv.ptr(),
+                bias,
+                m(o_pos),
+                self.cos.ptr(),
+                self.sin.ptr(),
+                ws.q.ptr(),
                 m(o_row_item),
                 m(o_items),
                 table_l,
@@ -440,8 +586,10 @@ impl Gpu {
             if !decode_ids.is_empty() {
                 k.attn_decode(
                     c,
+                    ws.att.ptr(),
                     ws.part_o.ptr(),
                     ws.part_ml.ptr(),
+                    ws.counters.ptr(),
                     ws.q.ptr(),
                     m(o_decode),
                     decode_ids.len(),
@@ -453,20 +601,10 @@ impl Gpu {
                     parts as i32,
                     scale_log2,
                 )?;
-                k.attn_decode_reduce(
-                    c,
-                    ws.att.ptr(),
-                    ws.part_o.ptr(),
-                    ws.part_ml.ptr(),
-                    m(o_decode),
-                    decode_ids.len(),
-                    m(o_items),
-                    parts as i32,
-                )?;
             }
             if staged {
                 self.ev.attn[l].record(c)?;
-                self.offload.wait(&self.ev.attn[l])?;
+                self.stage_out.wait(&self.ev.attn[l])?;
                 let mut outs = Vec::new();
                 for (item, slot) in items.iter().zip(&slots[l]) {
                     if let Some(s0) = slot {
@@ -475,8 +613,8 @@ impl Gpu {
                         outs.extend(self.kv.staging_runs(l, s0 + first, blocks, true));
                     }
                 }
-                out.transfer_bytes += self.kv.issue(&self.offload, &outs)?;
-                self.ev.out[l].record(&self.offload)?;
+                out.transfer_bytes += self.kv.issue(&self.stage_out, &outs)?;
+                self.ev.out[l].record(&self.stage_out)?;
             }
             self.linear(
                 ws.x.ptr(),
@@ -488,26 +626,7 @@ impl Gpu {
                 sh.q_dim(),
                 true,
             )?;
-            k.rms_norm(
-                c,
-                ws.normed.ptr(),
-                ws.x.ptr(),
-                lw.mlp_norm.ptr(),
-                rows,
-                h as i32,
-                d.eps,
-            )?;
-            self.linear(
-                ws.gu.ptr(),
-                Out::Bf16,
-                ws.normed.ptr(),
-                lw.w_gate_up.ptr(),
-                rows,
-                2 * ff,
-                h,
-                false,
-            )?;
-            k.silu_mul(c, ws.act.ptr(), ws.gu.ptr(), ff as i32, rows)?;
+            self.norm_gate_up(ws.x.ptr(), lw.mlp_norm.ptr(), lw.w_gate_up.ptr(), rows)?;
             self.linear(
                 ws.x.ptr(),
                 Out::F32,
@@ -521,33 +640,41 @@ impl Gpu {
         }
         let n = items.len();
         if !self.samples {
-            self.ev.tail_off.record(&self.offload)?;
-            self.ev.tail_rel.record(&self.reload)?;
+            self.record_tails()?;
             c.sync("running the stage")?;
             let mut x = vec![0f32; rows * h];
             ws.x.download(&mut x, "stage activations")?;
             return Ok((out, Some(x)));
         }
-        k.gather_rows(c, ws.last.ptr(), ws.x.ptr(), m(o_last), n, h as i32)?;
-        k.rms_norm(
-            c,
-            ws.last_normed.ptr(),
-            ws.last.ptr(),
-            w.final_norm.ptr(),
-            n,
-            h as i32,
-            d.eps,
-        )?;
-        self.linear(
-            ws.logits.ptr(),
-            Out::F32,
-            ws.last_normed.ptr(),
-            w.lm_head(),
-            n,
-            d.vocab,
-            h,
-            false,
-        )?;
+        if k.norm_gemv_fits(n, h) {
+            // Each item's last row, normalized, times the lm_head: one kernel.
+            let (logits, head) = (ws.logits.ptr(), w.lm_head());
+            let (x, norm) = (ws.x.ptr(), w.final_norm.ptr());
+            k.gemv_rms(
+                c,
+                logits,
+                x,
+                m(o_last),
+                norm,
+                head,
+                n,
+                d.vocab,
+                h,
+                d.eps,
+                false,
+            )?;
+        } else {
+            k.gather_rows(c, ws.last.ptr(), ws.x.ptr(), m(o_last), n, h as i32)?;
+            self.norm_linear(
+                ws.logits.ptr(),
+                Out::F32,
+                ws.last.ptr(),
+                w.final_norm.ptr(),
+                w.lm_head(),
+                n,
+                d.vocab,
+            )?;
+        }
         k.argmax_rows(c, ws.tokens.ptr(), ws.logits.ptr(), n, d.vocab as i32)?;
         if !sampled.is_empty() {
             k.sample_top_p(
@@ -561,8 +688,7 @@ impl Gpu {
                 m(o_us),
             )?;
         }
-        self.ev.tail_off.record(&self.offload)?;
-        self.ev.tail_rel.record(&self.reload)?;
+        self.record_tails()?;
         let queued = std::time::Instant::now();
         c.sync("running the step")?;
         if self.trace {

@@ -1,16 +1,20 @@
 //! Every kernel against a reference computed here in f64, on fresh random inputs, with outputs
 //! poisoned (all-ones bytes: NaN in f32 and bf16) before each run so an unwritten element
-//! fails. Skips with a message where no GPU is usable.
+//! fails. Skips with a message where no GPU is usable. The fused decode GEMVs are tested in
+//! [`gemv`], attention in [`attention`], with the helpers here.
 
 use super::driver::{self, DeviceBuf, Stream};
 use super::gemm::{Blas, Out};
-use super::kernels::{ItemMeta, Kernels, PREFILL_ROWS, STAGED, Shape};
+use super::kernels::{ItemMeta, Kernels, STAGED, Shape};
 use crate::model::rng::Rng;
 use crate::model::rope::RopeTable;
 use crate::model::{ModelConfig, Preset};
 use cudarc::driver::CudaContext;
 use half::bf16;
 use std::sync::Arc;
+
+mod attention;
+mod gemv;
 
 struct Env {
     k: Kernels,
@@ -47,6 +51,13 @@ const LLAMA: Shape = Shape {
     kv_heads: 2,
     block_tokens: 16,
 };
+/// Blocks of 5 tokens, a group of 4 query heads per kv head.
+const ODD_BLOCKS: Shape = Shape {
+    head_dim: 32,
+    heads: 8,
+    kv_heads: 2,
+    block_tokens: 5,
+};
 
 fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n)
@@ -80,6 +91,16 @@ fn down_bf16(b: &DeviceBuf, n: usize) -> Vec<f32> {
     let mut v = vec![bf16::ZERO; n];
     b.download(&mut v, "test output").unwrap();
     v.iter().map(|x| x.to_f32()).collect()
+}
+
+fn bits_f32(b: &DeviceBuf, n: usize) -> Vec<u32> {
+    down_f32(b, n).iter().map(|v| v.to_bits()).collect()
+}
+
+fn bits_bf16(b: &DeviceBuf, n: usize) -> Vec<u16> {
+    let mut v = vec![bf16::ZERO; n];
+    b.download(&mut v, "test output").unwrap();
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 /// ‖got − want‖ / ‖want‖, failing on any NaN (an unwritten, poisoned element).
@@ -191,22 +212,47 @@ fn rope_cfg(shape: &Shape) -> ModelConfig {
 }
 
 #[test]
-fn rope_rotates_q_and_k_with_llama3_scaling_and_adds_the_bias() {
-    let sh = SMALL;
+fn rope_kv_write_rotates_q_and_k_with_llama3_scaling_adds_the_bias_and_fills_the_blocks() {
+    for sh in [SMALL, LLAMA, ODD_BLOCKS] {
+        rope_kv_write_case(sh);
+    }
+}
+
+/// Rows at scattered positions, each its own item whose position lands in a pool block (even
+/// rows) or a staging slot (odd rows): q, and k and v in the blocks, against the cpu's RoPE.
+fn rope_kv_write_case(sh: Shape) {
     let Some(e) = env(sh) else { return };
     let cfg = rope_cfg(&sh);
     assert!(cfg.rope_scaling.is_some());
     let table = RopeTable::new(&cfg, cfg.max_position_embeddings);
     let (cos, sin) = table.cos_sin();
-    let mut rng = Rng::derive(12, 0);
-    let rows = 9;
+    let mut rng = Rng::derive(12, sh.head_dim as u64);
+    let (rows, bt) = (9usize, sh.block_tokens);
     let w = sh.qkv_width();
+    let be = 2 * bt * sh.kv_dim(); // elements per block
     let qkv = randn(&mut rng, rows * w, 2.0);
     let bias = randn(&mut rng, w, 0.5);
     let pos: Vec<i32> = (0..rows as i32).map(|i| i * 977 % 9000).collect();
+    let (mut metas, mut tab, mut row_item) = (Vec::new(), Vec::new(), Vec::new());
+    for (r, &p) in pos.iter().enumerate() {
+        metas.push(ItemMeta {
+            row0: r as i32,
+            rows: 1,
+            start_pos: p,
+            toff: tab.len() as i32,
+        });
+        // Entries before the row's block are never read.
+        tab.extend(std::iter::repeat_n(0u32, p as usize / bt));
+        let slot = (r / 2) as u32;
+        tab.push(if r % 2 == 0 { slot } else { STAGED | slot });
+        row_item.push(r as i32);
+    }
+    let blocks = rows.div_ceil(2);
+    let (pool, staging) = (poisoned(blocks * be * 2), poisoned(blocks * be * 2));
     let (qkv_b, bias_b, pos_b, cos_b, sin_b) = (up(&qkv), up(&bias), up(&pos), up(cos), up(sin));
+    let (meta_b, tab_b, ri_b) = (up(&metas), up(&tab), up(&row_item));
     let q = poisoned(rows * sh.q_dim() * 2);
-    e.k.rope_qkv(
+    e.k.rope_kv_write(
         &e.s,
         qkv_b.ptr(),
         bias_b.ptr(),
@@ -214,12 +260,20 @@ fn rope_rotates_q_and_k_with_llama3_scaling_and_adds_the_bias() {
         cos_b.ptr(),
         sin_b.ptr(),
         q.ptr(),
+        ri_b.ptr(),
+        meta_b.ptr(),
+        tab_b.ptr(),
+        pool.ptr(),
+        staging.ptr(),
         rows,
     )
     .unwrap();
     e.s.sync("test").unwrap();
     let got_q = down_bf16(&q, rows * sh.q_dim());
-    let got_kv = down_f32(&qkv_b, rows * w);
+    let (got_pool, got_staging) = (
+        down_bf16(&pool, blocks * be),
+        down_bf16(&staging, blocks * be),
+    );
     let (mut want_q, mut want_k, mut got_k) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..rows {
         let mut row: Vec<f32> = (0..w).map(|i| qkv[r * w + i] + bias[i]).collect();
@@ -227,12 +281,24 @@ fn rope_rotates_q_and_k_with_llama3_scaling_and_adds_the_bias() {
             table.rotate(head, pos[r] as usize);
         }
         want_q.extend(row[..sh.q_dim()].iter().map(|&v| v as f64));
-        want_k.extend(row[sh.q_dim()..].iter().map(|&v| v as f64));
-        got_k.extend_from_slice(&got_kv[r * w + sh.q_dim()..(r + 1) * w]);
+        let blk = if r % 2 == 0 { &got_pool } else { &got_staging };
+        let at = (r / 2) * be + (pos[r] as usize % bt) * sh.kv_dim();
+        let v_at = at + bt * sh.kv_dim();
+        want_k.extend(
+            row[sh.q_dim()..sh.q_dim() + sh.kv_dim()]
+                .iter()
+                .map(|&v| v as f64),
+        );
+        got_k.extend_from_slice(&blk[at..at + sh.kv_dim()]);
+        // v: bias added in f32, rounded once — exactly.
+        for j in 0..sh.kv_dim() {
+            let want_v = bf16::from_f32(row[sh.q_dim() + sh.kv_dim() + j]).to_f32();
+            assert_eq!(blk[v_at + j], want_v, "row {r}: v[{j}]");
+        }
     }
     let eq = rel_err(&got_q, &want_q, "rope q");
-    let ek = rel_err(&got_k, &want_k, "rope k, v");
-    assert!(eq < 5e-3 && ek < 1e-5, "rope errors q {eq:e}, k/v {ek:e}");
+    let ek = rel_err(&got_k, &want_k, "rope k");
+    assert!(eq < 5e-3 && ek < 5e-3, "rope errors q {eq:e}, k {ek:e}");
 }
 
 #[test]
@@ -297,236 +363,6 @@ fn gemm_bf16_matches_the_reference_in_f32_and_bf16_and_accumulates() {
             "gemv {r} rows: errors {ef:e} {eb:e} {ea:e}"
         );
     }
-}
-
-/// A pool of random blocks, items with cached prefixes and new rows, tables through a shuffled
-/// pool and a staging buffer: kv_write, then prefill and decode attention, checked against
-/// attention in f64 over the very bf16 values in the blocks.
-fn attention_case(sh: Shape, seed: u64) {
-    let Some(e) = env(sh) else { return };
-    let mut rng = Rng::derive(seed, 0);
-    let bt = sh.block_tokens;
-    let be = 2 * bt * sh.kv_dim(); // elements per block
-    // (start_pos, rows, staged): prefills with and without a prefix, decodes.
-    let cases = [
-        (0usize, 150usize, false),
-        (37, 64, true),
-        (5, 1, false),
-        (300, 1, true),
-        (0, 1, false),
-        (129, 70, false),
-    ];
-    let pool_blocks = 200;
-    let staging_blocks = 64;
-    let mut pool = to_bf16(&randn(&mut rng, pool_blocks * be, 1.0));
-    let mut staging = to_bf16(&randn(&mut rng, staging_blocks * be, 1.0));
-    let mut free: Vec<u32> = (0..pool_blocks as u32).collect();
-    for i in (1..free.len()).rev() {
-        let j = (rng.next_f64() * (i + 1) as f64) as usize;
-        free.swap(i, j.min(i));
-    }
-    let (mut metas, mut table, mut row_item) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut tiles, mut decode_ids) = (Vec::new(), Vec::new());
-    let (mut row0, mut next_slot) = (0, 0u32);
-    for (n, &(sp, rows, staged)) in cases.iter().enumerate() {
-        let need = (sp + rows).div_ceil(bt);
-        metas.push(ItemMeta {
-            row0: row0 as i32,
-            rows: rows as i32,
-            start_pos: sp as i32,
-            toff: table.len() as i32,
-        });
-        for _ in 0..need {
-            if staged {
-                table.push(STAGED | next_slot);
-                next_slot += 1;
-            } else {
-                table.push(free.pop().unwrap());
-            }
-        }
-        row_item.extend(std::iter::repeat_n(n as i32, rows));
-        if rows == 1 {
-            decode_ids.push(n as i32);
-        } else {
-            tiles.extend(
-                (0..rows)
-                    .step_by(PREFILL_ROWS)
-                    .map(|f| [n as i32, f as i32]),
-            );
-        }
-        row0 += rows;
-    }
-    let total_rows = row0;
-    let qkv = randn(&mut rng, total_rows * sh.qkv_width(), 1.0);
-    let q = to_bf16(&randn(&mut rng, total_rows * sh.q_dim(), 1.0));
-    // Poison the positions kv_write must fill so a miss shows up as NaN.
-    let nan = bf16::from_bits(0xffff);
-    for m in &metas {
-        for pos in m.start_pos as usize..(m.start_pos + m.rows) as usize {
-            let e_ = table[m.toff as usize + pos / bt];
-            let (buf, base) = if e_ & STAGED != 0 {
-                (&mut staging, (e_ & !STAGED) as usize * be)
-            } else {
-                (&mut pool, e_ as usize * be)
-            };
-            let off = pos % bt;
-            for j in 0..sh.kv_dim() {
-                buf[base + off * sh.kv_dim() + j] = nan;
-                buf[base + (bt + off) * sh.kv_dim() + j] = nan;
-            }
-        }
-    }
-    let (pool_b, staging_b) = (up(&pool), up(&staging));
-    let (qkv_b, q_b, meta_b, table_b, ri_b) =
-        (up(&qkv), up(&q), up(&metas), up(&table), up(&row_item));
-    let (tiles_b, dec_b) = (up(&tiles), up(&decode_ids));
-    e.k.kv_write(
-        &e.s,
-        qkv_b.ptr(),
-        ri_b.ptr(),
-        meta_b.ptr(),
-        table_b.ptr(),
-        pool_b.ptr(),
-        staging_b.ptr(),
-        total_rows,
-    )
-    .unwrap();
-    let att = poisoned(total_rows * sh.q_dim() * 2);
-    let scale_log2 = std::f32::consts::LOG2_E / (sh.head_dim as f32).sqrt();
-    e.k.attn_prefill(
-        &e.s,
-        att.ptr(),
-        q_b.ptr(),
-        tiles_b.ptr(),
-        tiles.len(),
-        meta_b.ptr(),
-        table_b.ptr(),
-        pool_b.ptr(),
-        staging_b.ptr(),
-        scale_log2,
-    )
-    .unwrap();
-    let part_keys = 64;
-    let parts = 301usize.div_ceil(part_keys);
-    let group = sh.heads / sh.kv_heads;
-    let n_part = decode_ids.len() * sh.kv_heads * parts;
-    let (po, pml) = (
-        poisoned(n_part * group * sh.head_dim * 4),
-        poisoned(n_part * group * 2 * 4),
-    );
-    e.k.attn_decode(
-        &e.s,
-        po.ptr(),
-        pml.ptr(),
-        q_b.ptr(),
-        dec_b.ptr(),
-        decode_ids.len(),
-        meta_b.ptr(),
-        table_b.ptr(),
-        pool_b.ptr(),
-        staging_b.ptr(),
-        part_keys as i32,
-        parts as i32,
-        scale_log2,
-    )
-    .unwrap();
-    e.k.attn_decode_reduce(
-        &e.s,
-        att.ptr(),
-        po.ptr(),
-        pml.ptr(),
-        dec_b.ptr(),
-        decode_ids.len(),
-        meta_b.ptr(),
-        parts as i32,
-    )
-    .unwrap();
-    e.s.sync("test").unwrap();
-
-    let mut pool_after = vec![bf16::ZERO; pool.len()];
-    pool_b.download(&mut pool_after, "pool").unwrap();
-    let mut staging_after = vec![bf16::ZERO; staging.len()];
-    staging_b.download(&mut staging_after, "staging").unwrap();
-    let kv_at = |entry: u32, pos: usize, v: bool, j: usize| -> f64 {
-        let (buf, base) = if entry & STAGED != 0 {
-            (&staging_after, (entry & !STAGED) as usize * be)
-        } else {
-            (&pool_after, entry as usize * be)
-        };
-        let off = pos % bt + if v { bt } else { 0 };
-        buf[base + off * sh.kv_dim() + j].to_f64()
-    };
-    // kv_write: new positions hold bf16(k), bf16(v) of their rows.
-    for m in &metas {
-        for r in 0..m.rows as usize {
-            let pos = m.start_pos as usize + r;
-            let entry = table[m.toff as usize + pos / bt];
-            let row = &qkv[(m.row0 as usize + r) * sh.qkv_width()..];
-            for j in 0..sh.kv_dim() {
-                assert_eq!(
-                    kv_at(entry, pos, false, j),
-                    bf16::from_f32(row[sh.q_dim() + j]).to_f64()
-                );
-                assert_eq!(
-                    kv_at(entry, pos, true, j),
-                    bf16::from_f32(row[sh.q_dim() + sh.kv_dim() + j]).to_f64()
-                );
-            }
-        }
-    }
-    let got = down_bf16(&att, total_rows * sh.q_dim());
-    let (d, scale) = (sh.head_dim, 1.0 / (sh.head_dim as f64).sqrt());
-    for (n, m) in metas.iter().enumerate() {
-        let mut want = Vec::new();
-        let mut g = Vec::new();
-        for r in 0..m.rows as usize {
-            let row = m.row0 as usize + r;
-            let qpos = m.start_pos as usize + r;
-            for head in 0..sh.heads {
-                let kvh = head / group;
-                let qv: Vec<f64> = (0..d)
-                    .map(|i| q[row * sh.q_dim() + head * d + i].to_f64())
-                    .collect();
-                let scores: Vec<f64> = (0..=qpos)
-                    .map(|p| {
-                        let entry = table[m.toff as usize + p / bt];
-                        (0..d)
-                            .map(|i| qv[i] * kv_at(entry, p, false, kvh * d + i))
-                            .sum::<f64>()
-                            * scale
-                    })
-                    .collect();
-                let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let ws: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
-                let total: f64 = ws.iter().sum();
-                for i in 0..d {
-                    let o: f64 = (0..=qpos)
-                        .map(|p| {
-                            ws[p] * kv_at(table[m.toff as usize + p / bt], p, true, kvh * d + i)
-                        })
-                        .sum();
-                    want.push(o / total);
-                    g.push(got[row * sh.q_dim() + head * d + i]);
-                }
-            }
-        }
-        let err = rel_err(&g, &want, &format!("attention item {n} {:?}", cases[n]));
-        assert!(
-            err < 1.5e-2,
-            "attention item {n} {:?}: relative error {err:e}",
-            cases[n]
-        );
-    }
-}
-
-#[test]
-fn paged_attention_prefill_and_decode_match_the_reference_small_shape() {
-    attention_case(SMALL, 21);
-}
-
-#[test]
-fn paged_attention_prefill_and_decode_match_the_reference_llama_head_dim() {
-    attention_case(LLAMA, 22);
 }
 
 #[test]

@@ -6,6 +6,8 @@
 // A KV block holds one layer's K and V of BLOCK_TOKENS tokens:
 //   K[token][kv_head][dim] then V[token][kv_head][dim], bf16.
 // Block tables are u32 entries: a GPU-pool index, or STAGED | a staging-slot index.
+//
+// decode.cu (the decode GEMVs and decode attention) is compiled appended to this file.
 
 typedef unsigned short bf16;
 typedef unsigned int u32;
@@ -51,6 +53,24 @@ __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
+}
+
+// Programmatic dependent launch (sm_90+). The decode chain's kernels (rope_kv_write, the GEMVs,
+// attn_decode) are launched so that they may start while the stream's previous kernel runs:
+// before grid_dep_wait() returns — the previous kernels have completed and their writes are
+// visible — such a kernel reads nothing but its weights (and asks them into L2) and writes
+// nothing. grid_dep_launch() then lets the next kernel start early in turn. Without the launch
+// attribute, or before sm_90, both do nothing.
+__device__ __forceinline__ void grid_dep_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void grid_dep_launch() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
 }
 
 // Sum over the block; every thread gets the result. blockDim.x a multiple of 32, ≤ 1024.
@@ -117,14 +137,25 @@ extern "C" __global__ void rms_norm(bf16* out, const float* x, const float* w, i
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = f2bf(xr[i] * inv * w[i]);
 }
 
-// Per row of [q | k | v] (f32): adds the bias (when given), rotates q and k heads for the row's
-// position ("rotate half" pairs (i, i + HALF); cos/sin tables [pos][HALF], llama3 scaling baked
-// in), writes q as bf16 to `q`, and leaves the rotated k and the v in place. Grid: rows.
-extern "C" __global__ void rope_qkv(float* qkv, const float* bias, const int* positions,
-                                    const float* cos_t, const float* sin_t, bf16* q) {
-    float* row = qkv + (u64)blockIdx.x * QKV_W;
-    const float* c = cos_t + (u64)positions[blockIdx.x] * HALF;
-    const float* s = sin_t + (u64)positions[blockIdx.x] * HALF;
+// Per row of [q | k | v] (f32, the qkv GEMV's output): adds the bias (when given), rotates q and
+// k heads for the row's position ("rotate half" pairs (i, i + HALF); cos/sin tables [pos][HALF],
+// llama3 scaling baked in), writes q as bf16 to `q`, and k and v as bf16 into the row's layer
+// block at its position. Grid: rows.
+extern "C" __global__ void rope_kv_write(const float* qkv, const float* bias, const int* positions,
+                                         const float* cos_t, const float* sin_t, bf16* q, const int* row_item,
+                                         const Item* items, const u32* table, bf16* pool, bf16* staging) {
+    grid_dep_wait();
+    grid_dep_launch();
+    int r = blockIdx.x;
+    const float* row = qkv + (u64)r * QKV_W;
+    const float* c = cos_t + (u64)positions[r] * HALF;
+    const float* s = sin_t + (u64)positions[r] * HALF;
+    Item it = items[row_item[r]];
+    int pos = it.start_pos + (r - it.row0);
+    bf16* blk = block_ptr(pool, staging, table[it.toff + pos / BLOCK_TOKENS]);
+    bf16* kd = blk + (u64)(pos % BLOCK_TOKENS) * KV_DIM;
+    bf16* vd = blk + (u64)(BLOCK_TOKENS + pos % BLOCK_TOKENS) * KV_DIM;
+    bf16* qr = q + (u64)r * Q_DIM;
     for (int j = threadIdx.x; j < (HEADS + KV_HEADS) * HALF; j += blockDim.x) {
         int head = j / HALF, i = j % HALF;
         int a = head * HEAD_DIM + i, b = a + HALF;
@@ -136,31 +167,17 @@ extern "C" __global__ void rope_qkv(float* qkv, const float* bias, const int* po
         float y0 = x0 * c[i] - x1 * s[i];
         float y1 = x1 * c[i] + x0 * s[i];
         if (head < HEADS) {
-            bf16* qr = q + (u64)blockIdx.x * Q_DIM;
             qr[a] = f2bf(y0);
             qr[b] = f2bf(y1);
         } else {
-            row[a] = y0;
-            row[b] = y1;
+            kd[a - Q_DIM] = f2bf(y0);
+            kd[b - Q_DIM] = f2bf(y1);
         }
     }
-    if (bias)
-        for (int j = threadIdx.x; j < KV_DIM; j += blockDim.x) row[Q_DIM + KV_DIM + j] += bias[Q_DIM + KV_DIM + j];
-}
-
-// Writes each row's k and v (f32, after rope_qkv) as bf16 into its layer's block at its
-// position. Grid: rows.
-extern "C" __global__ void kv_write(const float* qkv, const int* row_item, const Item* items,
-                                    const u32* table, bf16* pool, bf16* staging) {
-    int r = blockIdx.x;
-    Item it = items[row_item[r]];
-    int pos = it.start_pos + (r - it.row0);
-    bf16* blk = block_ptr(pool, staging, table[it.toff + pos / BLOCK_TOKENS]);
-    int off = pos % BLOCK_TOKENS;
-    const float* row = qkv + (u64)r * QKV_W;
     for (int j = threadIdx.x; j < KV_DIM; j += blockDim.x) {
-        blk[(u64)off * KV_DIM + j] = f2bf(row[Q_DIM + j]);
-        blk[(u64)(BLOCK_TOKENS + off) * KV_DIM + j] = f2bf(row[Q_DIM + KV_DIM + j]);
+        float v = row[Q_DIM + KV_DIM + j];
+        if (bias) v += bias[Q_DIM + KV_DIM + j];
+        vd[j] = f2bf(v);
     }
 }
 
@@ -170,55 +187,6 @@ extern "C" __global__ void silu_mul(bf16* act, const bf16* gu, int ff, u64 n) {
         u64 r = i / ff, c = i % ff;
         float g = bf2f(gu[r * 2 * ff + c]), u = bf2f(gu[r * 2 * ff + ff + c]);
         act[i] = f2bf(g / (1.0f + __expf(-g)) * u);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Matrix-vector products for steps of at most GEMV_ROWS rows (decode): y[r, j] (+)= x[r]·w[j],
-// w bf16 [m, k] row-major, x bf16 [rows, k], k a multiple of 8. One warp per output; every lane
-// streams 16-byte chunks of the weight row (read once: the step is bound by these bytes).
-// Grid: ceil(m / 8) CTAs of 256 threads.
-
-#define GEMV_ROWS 4
-
-extern "C" __global__ void __launch_bounds__(256) gemv_bf16(void* y, const bf16* x, const bf16* w, int rows,
-                                                           int m, int k, int out_bf16, int accumulate) {
-    int j = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (j >= m) return; // whole warps leave together
-    const uint4* wr = (const uint4*)(w + (u64)j * k);
-    int n = k / 8;
-    float acc[GEMV_ROWS];
-#pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++) acc[r] = 0.0f;
-#pragma unroll 4
-    for (int i = lane; i < n; i += 32) {
-        uint4 wv;
-        asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                     : "=r"(wv.x), "=r"(wv.y), "=r"(wv.z), "=r"(wv.w)
-                     : "l"(wr + i));
-        const bf16* wh = (const bf16*)&wv;
-#pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++) {
-            if (r < rows) {
-                uint4 xv = ((const uint4*)(x + (u64)r * k))[i];
-                const bf16* xh = (const bf16*)&xv;
-#pragma unroll
-                for (int e = 0; e < 8; e++) acc[r] += bf2f(wh[e]) * bf2f(xh[e]);
-            }
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++) {
-        float v = warp_sum(acc[r]);
-        if (lane == 0 && r < rows) {
-            u64 at = (u64)r * m + j;
-            if (out_bf16) {
-                ((bf16*)y)[at] = f2bf(v);
-            } else {
-                float* yf = (float*)y;
-                yf[at] = accumulate ? yf[at] + v : v;
-            }
-        }
     }
 }
 
@@ -383,141 +351,6 @@ extern "C" __global__ void __launch_bounds__(128) attn_prefill(
 #pragma unroll
         for (int n = 0; n < HEAD_DIM / 8; n++) out[n * 4 + t] = pack2(o[n][2] * inv_hi, o[n][3] * inv_hi);
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Decode attention (one query row per item), split over the keys: a CTA takes one item, one kv
-// head (all GROUP query heads that share it) and `part_keys` keys, and writes an unnormalized
-// partial (m, l, o) that attn_decode_reduce merges. Lanes read 16 bytes of a key row each:
-// LPK lanes per key, KPW keys per warp at a time. Grid: (parts, KV_HEADS, items).
-
-#define LPK (HEAD_DIM / 8)
-#define KPW (32 / LPK)
-#define DEC_WARPS 4
-#define DEC_UNROLL 4
-
-extern "C" __global__ void __launch_bounds__(128) attn_decode(
-    float* part_o, float* part_ml, const bf16* q, const int* item_ids, const Item* items,
-    const u32* table, bf16* pool, bf16* staging, int part_keys, int parts, float scale_log2) {
-    __shared__ float sm_ml[DEC_WARPS * KPW][GROUP][2];
-    __shared__ float sm_o[DEC_WARPS * KPW][GROUP][HEAD_DIM];
-    int part = blockIdx.x, kvh = blockIdx.y, z = blockIdx.z;
-    Item it = items[item_ids[z]];
-    int len = it.start_pos + 1;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int slot = lane / LPK, ch = lane % LPK;
-    int k_begin = part * part_keys, k_end = min(len, k_begin + part_keys);
-
-    float qf[GROUP][8];
-#pragma unroll
-    for (int gq = 0; gq < GROUP; gq++) {
-        uint4 v = *(const uint4*)(q + (u64)it.row0 * Q_DIM + (kvh * GROUP + gq) * HEAD_DIM + ch * 8);
-        const bf16* h = (const bf16*)&v;
-#pragma unroll
-        for (int e = 0; e < 8; e++) qf[gq][e] = bf2f(h[e]);
-    }
-    float m[GROUP], l[GROUP], o[GROUP][8];
-#pragma unroll
-    for (int gq = 0; gq < GROUP; gq++) {
-        m[gq] = NEG_INF;
-        l[gq] = 0.0f;
-#pragma unroll
-        for (int e = 0; e < 8; e++) o[gq][e] = 0.0f;
-    }
-    const int stride = DEC_WARPS * KPW;
-    // The loop bound is the same for every lane of the warp, so all of them reach the shuffles.
-    for (int kw = k_begin + warp * KPW; kw < k_end; kw += stride * DEC_UNROLL) {
-        int kb = kw + slot;
-        uint4 kr[DEC_UNROLL], vr[DEC_UNROLL];
-#pragma unroll
-        for (int u = 0; u < DEC_UNROLL; u++) {
-            int kpos = kb + u * stride;
-            if (kpos < k_end) {
-                const bf16* blk = block_ptr(pool, staging, table[it.toff + kpos / BLOCK_TOKENS]);
-                int off = kpos % BLOCK_TOKENS;
-                kr[u] = *(const uint4*)(blk + (u64)off * KV_DIM + kvh * HEAD_DIM + ch * 8);
-                vr[u] = *(const uint4*)(blk + (u64)(BLOCK_TOKENS + off) * KV_DIM + kvh * HEAD_DIM + ch * 8);
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < DEC_UNROLL; u++) {
-            int kpos = kb + u * stride;
-            // Every lane of a key group agrees on `valid`, so the shuffles below stay in step.
-            bool valid = kpos < k_end;
-            const bf16* kh = (const bf16*)&kr[u];
-            const bf16* vh = (const bf16*)&vr[u];
-#pragma unroll
-            for (int gq = 0; gq < GROUP; gq++) {
-                float d = 0.0f;
-                if (valid) {
-#pragma unroll
-                    for (int e = 0; e < 8; e++) d += qf[gq][e] * bf2f(kh[e]);
-                }
-#pragma unroll
-                for (int w = LPK / 2; w > 0; w >>= 1) d += __shfl_xor_sync(0xffffffffu, d, w);
-                if (valid) {
-                    float sc = d * scale_log2;
-                    float mn = fmaxf(m[gq], sc);
-                    float corr = exp2f(m[gq] - mn), p = exp2f(sc - mn);
-                    l[gq] = l[gq] * corr + p;
-#pragma unroll
-                    for (int e = 0; e < 8; e++) o[gq][e] = o[gq][e] * corr + p * bf2f(vh[e]);
-                    m[gq] = mn;
-                }
-            }
-        }
-    }
-    int sl = warp * KPW + slot;
-#pragma unroll
-    for (int gq = 0; gq < GROUP; gq++) {
-        if (ch == 0) {
-            sm_ml[sl][gq][0] = m[gq];
-            sm_ml[sl][gq][1] = l[gq];
-        }
-#pragma unroll
-        for (int e = 0; e < 8; e++) sm_o[sl][gq][ch * 8 + e] = o[gq][e];
-    }
-    __syncthreads();
-    u64 base = ((u64)z * KV_HEADS + kvh) * parts + part; // (z, kvh, part)
-    for (int i = threadIdx.x; i < GROUP * HEAD_DIM; i += blockDim.x) {
-        int gq = i / HEAD_DIM, d = i % HEAD_DIM;
-        float mm = NEG_INF;
-        for (int s2 = 0; s2 < stride; s2++) mm = fmaxf(mm, sm_ml[s2][gq][0]);
-        float ll = 0.0f, oo = 0.0f;
-        if (mm != NEG_INF) {
-            for (int s2 = 0; s2 < stride; s2++) {
-                float w = sm_ml[s2][gq][0] == NEG_INF ? 0.0f : exp2f(sm_ml[s2][gq][0] - mm);
-                ll += sm_ml[s2][gq][1] * w;
-                oo += sm_o[s2][gq][d] * w;
-            }
-        }
-        part_o[(base * GROUP + gq) * HEAD_DIM + d] = oo;
-        if (d == 0) {
-            part_ml[(base * GROUP + gq) * 2] = mm;
-            part_ml[(base * GROUP + gq) * 2 + 1] = ll;
-        }
-    }
-}
-
-// Merges the partials of attn_decode into each item's attention row (bf16). Grid: (items,
-// HEADS); threads: HEAD_DIM.
-extern "C" __global__ void attn_decode_reduce(bf16* att, const float* part_o, const float* part_ml,
-                                              const int* item_ids, const Item* items, int parts) {
-    int z = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
-    int kvh = head / GROUP, gq = head % GROUP;
-    Item it = items[item_ids[z]];
-    u64 base = ((u64)z * KV_HEADS + kvh) * parts;
-    float mm = NEG_INF;
-    for (int p = 0; p < parts; p++) mm = fmaxf(mm, part_ml[((base + p) * GROUP + gq) * 2]);
-    float ll = 0.0f, oo = 0.0f;
-    for (int p = 0; p < parts; p++) {
-        float pm = part_ml[((base + p) * GROUP + gq) * 2];
-        if (pm == NEG_INF) continue;
-        float w = exp2f(pm - mm);
-        ll += part_ml[((base + p) * GROUP + gq) * 2 + 1] * w;
-        oo += part_o[((base + p) * GROUP + gq) * HEAD_DIM + d] * w;
-    }
-    att[(u64)it.row0 * Q_DIM + head * HEAD_DIM + d] = f2bf(oo / ll);
 }
 
 // ---------------------------------------------------------------------------------------------

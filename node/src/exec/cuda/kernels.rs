@@ -1,6 +1,6 @@
-//! The kernels of `kernels.cu`, compiled by NVRTC at start into machine code for the device's
-//! own architecture (`sm_90` on an H200) with the model's shape as constants, and their typed
-//! launches. Every launch's result is checked.
+//! The kernels of `kernels.cu` and `decode.cu`, compiled by NVRTC at start into machine code
+//! for the device's own architecture (`sm_90` on an H200) with the model's shape as constants,
+//! and their typed launches. Every launch's result is checked.
 
 use super::driver::{Stream, dev};
 use crate::exec::ExecError;
@@ -8,7 +8,8 @@ use cudarc::driver::{result, sys};
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
 use std::ffi::{CString, c_void};
 
-const SOURCE: &str = include_str!("kernels.cu");
+/// The common kernels, then the decode ones (which use the former's types and helpers).
+const SOURCE: &str = concat!(include_str!("kernels.cu"), include_str!("decode.cu"));
 
 /// The shape the kernels are compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +69,12 @@ pub(crate) struct ItemMeta {
 pub(crate) const STAGED: u32 = 0x8000_0000;
 /// Steps of at most this many rows multiply by the weights with `gemv_bf16` (as in the source).
 pub(crate) const GEMV_ROWS: usize = 4;
+/// Threads of a CTA of the fused norm-and-GEMV kernels (`NORM_THREADS` in the source).
+const NORM_THREADS: u32 = 512;
+/// Output rows (warps) per CTA of the fused norm-and-GEMV kernels.
+const NORM_WARPS: usize = NORM_THREADS as usize / 32;
+/// Keys per tile of decode attention (`DEC_TILE` in the source): partitions are multiples.
+pub(crate) const DECODE_TILE: usize = 32;
 /// Query rows per prefill-attention CTA.
 pub(crate) const PREFILL_ROWS: usize = 64;
 
@@ -79,16 +86,22 @@ pub(crate) struct Kernels {
     embed_gather: sys::CUfunction,
     gather_rows: sys::CUfunction,
     rms_norm: sys::CUfunction,
-    rope_qkv: sys::CUfunction,
-    kv_write: sys::CUfunction,
+    rope_kv_write: sys::CUfunction,
     silu_mul: sys::CUfunction,
     attn_prefill: sys::CUfunction,
     gemv_bf16: sys::CUfunction,
+    gemv_rms: sys::CUfunction,
+    gemv_rms_swiglu: sys::CUfunction,
     attn_decode: sys::CUfunction,
-    attn_decode_reduce: sys::CUfunction,
     argmax_rows: sys::CUfunction,
     sample_top_p: sys::CUfunction,
     pub(crate) shape: Shape,
+    /// Dynamic shared memory a fused norm-and-GEMV CTA may take (its normalized rows).
+    norm_smem_max: usize,
+    /// The device's streaming multiprocessors (decode attention sizes its grid by them).
+    pub(crate) sms: usize,
+    /// Programmatic dependent launch (sm_90+) for the decode chain's kernels.
+    early: bool,
 }
 
 // SAFETY: module and function handles are usable from any thread with the context current.
@@ -168,25 +181,90 @@ impl Kernels {
             unsafe { result::module::get_function(module, CString::new(name).expect("no NUL")) }
                 .map_err(|e| dev(&format!("kernel {name}"), e))
         };
+        let limits = DeviceLimits::query()?;
+        let gemv_rms = f("gemv_rms")?;
+        let gemv_rms_swiglu = f("gemv_rms_swiglu")?;
+        let norm_smem_max = allow_dynamic_smem(gemv_rms, "gemv_rms", &limits)?.min(
+            allow_dynamic_smem(gemv_rms_swiglu, "gemv_rms_swiglu", &limits)?,
+        );
         Ok(Kernels {
             fill_uniform: f("fill_uniform")?,
             fill_value: f("fill_value")?,
             embed_gather: f("embed_gather")?,
             gather_rows: f("gather_rows")?,
             rms_norm: f("rms_norm")?,
-            rope_qkv: f("rope_qkv")?,
-            kv_write: f("kv_write")?,
+            rope_kv_write: f("rope_kv_write")?,
             silu_mul: f("silu_mul")?,
             attn_prefill: f("attn_prefill")?,
             gemv_bf16: f("gemv_bf16")?,
+            gemv_rms,
+            gemv_rms_swiglu,
             attn_decode: f("attn_decode")?,
-            attn_decode_reduce: f("attn_decode_reduce")?,
             argmax_rows: f("argmax_rows")?,
             sample_top_p: f("sample_top_p")?,
             module,
             shape,
+            norm_smem_max,
+            sms: limits.sms,
+            early: arch.0 >= 9,
         })
     }
+
+    /// Whether `gemv_rms` and `gemv_rms_swiglu` take `rows` rows of `k` (its normalized rows fit in shared memory).
+    pub(crate) fn norm_gemv_fits(&self, rows: usize, k: usize) -> bool {
+        rows <= GEMV_ROWS && k.is_multiple_of(8) && rows * k * 2 <= self.norm_smem_max
+    }
+}
+
+/// What the current context's device allows.
+struct DeviceLimits {
+    sms: usize,
+    /// Shared memory a CTA may take with the opt-in.
+    smem_optin: i32,
+}
+
+impl DeviceLimits {
+    fn query() -> Result<DeviceLimits, ExecError> {
+        use sys::CUdevice_attribute::{
+            CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN as OPTIN,
+            CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT as SMS,
+        };
+        let what = "reading the device's limits";
+        let mut device: sys::CUdevice = 0;
+        // SAFETY: the caller's context is current; `device` is written.
+        unsafe { sys::cuCtxGetDevice(&mut device) }
+            .result()
+            .map_err(|e| dev(what, e))?;
+        // SAFETY: a device of the current context.
+        let attr =
+            |a| unsafe { result::device::get_attribute(device, a) }.map_err(|e| dev(what, e));
+        Ok(DeviceLimits {
+            sms: attr(SMS)?.max(1) as usize,
+            smem_optin: attr(OPTIN)?,
+        })
+    }
+}
+
+/// Lets `f` take as much dynamic shared memory as the device allows a CTA beside the kernel's
+/// static shared memory (above the default 48 KiB: the opt-in), and returns that amount.
+fn allow_dynamic_smem(
+    f: sys::CUfunction,
+    name: &str,
+    limits: &DeviceLimits,
+) -> Result<usize, ExecError> {
+    use sys::CUfunction_attribute::{
+        CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYNAMIC,
+        CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES as STATIC,
+    };
+    let what = format!("shared memory of kernel {name}");
+    // SAFETY: a function of the loaded module.
+    let fixed = unsafe { result::function::get_function_attribute(f, STATIC) }
+        .map_err(|e| dev(&what, e))?;
+    let dynamic = (limits.smem_optin - fixed).max(0);
+    // SAFETY: as above; the value is within what the device allows.
+    unsafe { result::function::set_function_attribute(f, MAX_DYNAMIC, dynamic) }
+        .map_err(|e| dev(&what, e))?;
+    Ok(dynamic as usize)
 }
 
 impl Drop for Kernels {
@@ -202,6 +280,7 @@ fn launch(
     name: &str,
     grid: (u32, u32, u32),
     block: u32,
+    smem_bytes: u32,
     stream: &Stream,
     args: &mut [*mut c_void],
 ) -> Result<(), ExecError> {
@@ -210,7 +289,49 @@ fn launch(
     }
     // SAFETY: the typed wrappers below pass exactly the kernel's parameters, in order, as
     // pointers to values of the kernel's types; device pointers are live buffers.
-    unsafe { result::launch_kernel(f, grid, (block, 1, 1), 0, stream.0, args) }
+    unsafe { result::launch_kernel(f, grid, (block, 1, 1), smem_bytes, stream.0, args) }
+        .map_err(|e| dev(&format!("launching {name}"), e))
+}
+
+/// Like [`launch`], but on sm_90 and later with programmatic dependent launch (`early`): the
+/// kernel may start while the stream's previous kernel still runs. Only for kernels that call
+/// `grid_dep_wait()` before they touch anything but their weights (see kernels.cu).
+#[allow(clippy::too_many_arguments)]
+fn launch_early(
+    early: bool,
+    f: sys::CUfunction,
+    name: &str,
+    grid: (u32, u32, u32),
+    block: u32,
+    smem_bytes: u32,
+    stream: &Stream,
+    args: &mut [*mut c_void],
+) -> Result<(), ExecError> {
+    if !early {
+        return launch(f, name, grid, block, smem_bytes, stream, args);
+    }
+    if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+        return Ok(());
+    }
+    // SAFETY: a plain-old-data attribute; the union member set is the one its id names.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let config = sys::CUlaunchConfig {
+        gridDimX: grid.0,
+        gridDimY: grid.1,
+        gridDimZ: grid.2,
+        blockDimX: block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: smem_bytes,
+        hStream: stream.0,
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    // SAFETY: as in `launch`; `config` and `attr` outlive the call.
+    unsafe { sys::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut()) }
+        .result()
         .map_err(|e| dev(&format!("launching {name}"), e))
 }
 
@@ -238,6 +359,7 @@ impl Kernels {
             "fill_uniform",
             (grid_for(n, 256), 1, 1),
             256,
+            0,
             s,
             args!(out, n, seed, scale),
         )
@@ -249,6 +371,7 @@ impl Kernels {
             "fill_value",
             (grid_for(n, 256), 1, 1),
             256,
+            0,
             s,
             args!(out, n, v),
         )
@@ -268,6 +391,7 @@ impl Kernels {
             "embed_gather",
             (rows as u32, 1, 1),
             256,
+            0,
             s,
             args!(out, embed, tokens, hidden),
         )
@@ -287,6 +411,7 @@ impl Kernels {
             "gather_rows",
             (n as u32, 1, 1),
             256,
+            0,
             s,
             args!(out, x, rows_idx, hidden),
         )
@@ -307,12 +432,15 @@ impl Kernels {
             "rms_norm",
             (rows as u32, 1, 1),
             512,
+            0,
             s,
             args!(out, x, w, hidden, eps),
         )
     }
 
-    pub(crate) fn rope_qkv(
+    /// Bias, RoPE and the KV write of each row: q (bf16) to `q`, k and v (bf16) into the
+    /// row's block of the layer's table.
+    pub(crate) fn rope_kv_write(
         &self,
         s: &Stream,
         qkv: u64,
@@ -321,22 +449,6 @@ impl Kernels {
         cos: u64,
         sin: u64,
         q: u64,
-        rows: usize,
-    ) -> Result<(), ExecError> {
-        launch(
-            self.rope_qkv,
-            "rope_qkv",
-            (rows as u32, 1, 1),
-            256,
-            s,
-            args!(qkv, bias, positions, cos, sin, q),
-        )
-    }
-
-    pub(crate) fn kv_write(
-        &self,
-        s: &Stream,
-        qkv: u64,
         row_item: u64,
         items: u64,
         table: u64,
@@ -344,13 +456,17 @@ impl Kernels {
         staging: u64,
         rows: usize,
     ) -> Result<(), ExecError> {
-        launch(
-            self.kv_write,
-            "kv_write",
+        launch_early(
+            self.early,
+            self.rope_kv_write,
+            "rope_kv_write",
             (rows as u32, 1, 1),
             256,
+            0,
             s,
-            args!(qkv, row_item, items, table, pool, staging),
+            args!(
+                qkv, bias, positions, cos, sin, q, row_item, items, table, pool, staging
+            ),
         )
     }
 
@@ -368,6 +484,7 @@ impl Kernels {
             "silu_mul",
             (grid_for(n, 256), 1, 1),
             256,
+            0,
             s,
             args!(act, gu, ff, n),
         )
@@ -392,16 +509,23 @@ impl Kernels {
             "attn_prefill",
             grid,
             128,
+            0,
             s,
             args!(att, q, tiles, items, table, pool, staging, scale_log2),
         )
     }
 
+    /// Decode attention of `n_items` one-row items (`item_ids`) in partitions of `part_keys`
+    /// keys (a multiple of [`DECODE_TILE`]), `parts` per item at most: rows of `att`.
+    /// `part_o`/`part_ml` hold `n_items · kv_heads · parts` partials; `counters` as many u32,
+    /// zero before the launch and zero again after it.
     pub(crate) fn attn_decode(
         &self,
         s: &Stream,
+        att: u64,
         part_o: u64,
         part_ml: u64,
+        counters: u64,
         q: u64,
         item_ids: u64,
         n_items: usize,
@@ -413,39 +537,20 @@ impl Kernels {
         parts: i32,
         scale_log2: f32,
     ) -> Result<(), ExecError> {
+        debug_assert!(part_keys > 0 && (part_keys as usize).is_multiple_of(DECODE_TILE));
         let grid = (parts as u32, self.shape.kv_heads as u32, n_items as u32);
-        launch(
+        launch_early(
+            self.early,
             self.attn_decode,
             "attn_decode",
             grid,
             128,
+            0,
             s,
             args!(
-                part_o, part_ml, q, item_ids, items, table, pool, staging, part_keys, parts,
-                scale_log2
+                att, part_o, part_ml, counters, q, item_ids, items, table, pool, staging,
+                part_keys, parts, scale_log2
             ),
-        )
-    }
-
-    pub(crate) fn attn_decode_reduce(
-        &self,
-        s: &Stream,
-        att: u64,
-        part_o: u64,
-        part_ml: u64,
-        item_ids: u64,
-        n_items: usize,
-        items: u64,
-        parts: i32,
-    ) -> Result<(), ExecError> {
-        let grid = (n_items as u32, self.shape.heads as u32, 1);
-        launch(
-            self.attn_decode_reduce,
-            "attn_decode_reduce",
-            grid,
-            self.shape.head_dim as u32,
-            s,
-            args!(att, part_o, part_ml, item_ids, items, parts),
         )
     }
 
@@ -465,13 +570,78 @@ impl Kernels {
         debug_assert!(rows <= GEMV_ROWS && k.is_multiple_of(8));
         let (rows, m_, k_) = (rows as i32, m as i32, k as i32);
         let (ob, acc) = (out_bf16 as i32, accumulate as i32);
-        launch(
+        launch_early(
+            self.early,
             self.gemv_bf16,
             "gemv_bf16",
             (m.div_ceil(8) as u32, 1, 1),
             256,
+            0,
             s,
             args!(y, x, w, rows, m_, k_, ob, acc),
+        )
+    }
+
+    /// `y = rms_norm(x) · wᵀ` for at most [`GEMV_ROWS`] rows of the f32 residual `x` (rows
+    /// `row_idx[..rows]` of it when `row_idx` is not 0), in one kernel: bit for bit
+    /// (`gather_rows`,) `rms_norm` then `gemv_bf16` (no accumulate). Only where
+    /// [`Kernels::norm_gemv_fits`].
+    pub(crate) fn gemv_rms(
+        &self,
+        s: &Stream,
+        y: u64,
+        x: u64,
+        row_idx: u64,
+        norm_w: u64,
+        w: u64,
+        rows: usize,
+        m: usize,
+        k: usize,
+        eps: f32,
+        out_bf16: bool,
+    ) -> Result<(), ExecError> {
+        debug_assert!(self.norm_gemv_fits(rows, k));
+        let smem = (rows * k * 2) as u32;
+        let (rows, m_, k_, ob) = (rows as i32, m as i32, k as i32, out_bf16 as i32);
+        launch_early(
+            self.early,
+            self.gemv_rms,
+            "gemv_rms",
+            (m.div_ceil(NORM_WARPS) as u32, 1, 1),
+            NORM_THREADS,
+            smem,
+            s,
+            args!(y, x, row_idx, norm_w, w, rows, m_, k_, eps, ob),
+        )
+    }
+
+    /// `act = silu(g) · u` with `[g | u] = rms_norm(x) · w_gate_upᵀ` rounded to bf16 (`w_gate_up`
+    /// is `[2·ff, k]`), for at most [`GEMV_ROWS`] rows, in one kernel: bit for bit `gemv_rms`
+    /// into bf16 then `silu_mul`. Only where [`Kernels::norm_gemv_fits`].
+    pub(crate) fn gemv_rms_swiglu(
+        &self,
+        s: &Stream,
+        act: u64,
+        x: u64,
+        norm_w: u64,
+        w_gate_up: u64,
+        rows: usize,
+        ff: usize,
+        k: usize,
+        eps: f32,
+    ) -> Result<(), ExecError> {
+        debug_assert!(self.norm_gemv_fits(rows, k));
+        let smem = (rows * k * 2) as u32;
+        let (rows, ff_, k_) = (rows as i32, ff as i32, k as i32);
+        launch_early(
+            self.early,
+            self.gemv_rms_swiglu,
+            "gemv_rms_swiglu",
+            (ff.div_ceil(NORM_WARPS) as u32, 1, 1),
+            NORM_THREADS,
+            smem,
+            s,
+            args!(act, x, norm_w, w_gate_up, rows, ff_, k_, eps),
         )
     }
 
@@ -488,6 +658,7 @@ impl Kernels {
             "argmax_rows",
             (rows as u32, 1, 1),
             1024,
+            0,
             s,
             args!(out, logits, vocab),
         )
@@ -509,6 +680,7 @@ impl Kernels {
             "sample_top_p",
             (rows as u32, 1, 1),
             1024,
+            0,
             s,
             args!(out, logits, vocab, temps, top_ps, us),
         )

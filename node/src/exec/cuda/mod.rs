@@ -3,12 +3,14 @@
 //!
 //! - `driver` — finding the GPU and its libraries, raw device and pinned host buffers, streams
 //!   and events, every call's result checked.
-//! - `kernels` — CUDA C source compiled by NVRTC at start for the device's architecture, with the
-//!   model's shape as compile-time constants; typed launches.
+//! - `kernels` — CUDA C source (`kernels.cu`, and `decode.cu` for the decode step's fused GEMVs
+//!   and attention) compiled by NVRTC at start for the device's architecture, with the model's
+//!   shape as compile-time constants; typed launches.
 //! - `gemm` — bf16 matrix products with f32 accumulation through cuBLAS.
 //! - `weights` — the model's weights on the device in bf16 (uploaded, or random for benchmarks).
 //! - `kv` — the GPU tier, the pinned host tier, the double-buffered staging area, and the copy
-//!   streams (offload, reload) ordered against compute by per-layer events.
+//!   streams (offload and reload for the plan's copies, stage-in and stage-out for staged
+//!   layers) ordered against compute by per-layer events.
 //! - `forward` — one step's batched forward pass, layer by layer.
 //! - `workspace` — activation buffers, grown on demand.
 //! - `peaks` — the device's measured GEMM and copy rates.
@@ -242,6 +244,8 @@ impl CudaExecutor {
             blas: gemm::Blas::new(&compute)?,
             offload: Stream::new()?,
             reload: Stream::new()?,
+            stage_in: Stream::new()?,
+            stage_out: Stream::new()?,
             w,
             kv: kv::KvMemory::new(&layout, &pools)?,
             cos: cos_buf,
@@ -250,6 +254,8 @@ impl CudaExecutor {
             meta_host: PinnedBuf::new(1 << 20, "step metadata")?,
             meta_dev: DeviceBuf::new(1 << 20, "step metadata")?,
             ev: Events::new(cfg.num_layers)?,
+            copy_wait: vec![false; cfg.num_layers],
+            in_flight: Default::default(),
             dims,
             step_started: Instant::now(),
             trace: std::env::var_os("STRATA_CUDA_TRACE").is_some(),
@@ -286,7 +292,8 @@ impl CudaExecutor {
     /// after `execute` returns its tokens). Benchmarks call it to time transfers.
     pub fn synchronize(&mut self) -> Result<(), ExecError> {
         self.bind()?;
-        for s in [&self.gpu.compute, &self.gpu.offload, &self.gpu.reload] {
+        let g = &self.gpu;
+        for s in [&g.compute, &g.offload, &g.reload, &g.stage_in, &g.stage_out] {
             s.sync("waiting for the GPU")?;
         }
         Ok(())

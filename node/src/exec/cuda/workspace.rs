@@ -26,9 +26,8 @@ pub(crate) struct Workspace {
     pub(crate) gu: DeviceBuf,
     /// `[rows, ff]` bf16.
     pub(crate) act: DeviceBuf,
-    /// `[items, hidden]` f32 and bf16: each item's last row.
+    /// `[items, hidden]` f32: each item's last row (steps of more than `GEMV_ROWS` items).
     pub(crate) last: DeviceBuf,
-    pub(crate) last_normed: DeviceBuf,
     /// `[items, vocab]` f32.
     pub(crate) logits: DeviceBuf,
     /// `[items]` u32: greedy and drawn tokens.
@@ -37,6 +36,8 @@ pub(crate) struct Workspace {
     /// Decode-attention partials: `[partials, group, head_dim]` and `[partials, group, 2]` f32.
     pub(crate) part_o: DeviceBuf,
     pub(crate) part_ml: DeviceBuf,
+    /// `[partials]` u32: decode attention's arrival counts, zero between launches.
+    pub(crate) counters: DeviceBuf,
 }
 
 struct Sizes {
@@ -63,12 +64,18 @@ fn alloc(d: &Dims, sh: &Shape, s: &Sizes) -> Result<Workspace, ExecError> {
         gu: buf(r * 2 * ff * 2, "activations")?,
         act: buf(r * ff * 2, "activations")?,
         last: buf(n * h * 4, "activations")?,
-        last_normed: buf(n * h * 2, "activations")?,
         logits: buf(n * d.vocab * 4, "logits")?,
         tokens: buf(n * 4, "tokens")?,
         sampled: buf(n * 4, "tokens")?,
         part_o: buf(s.partials * group * sh.head_dim * 4, "attention partials")?,
         part_ml: buf(s.partials * group * 2 * 4, "attention partials")?,
+        counters: {
+            let b = buf(s.partials * 4, "attention counters")?;
+            if s.partials > 0 {
+                b.fill_bytes(0)?;
+            }
+            b
+        },
     })
 }
 
@@ -89,7 +96,7 @@ impl Workspace {
     pub(crate) fn bytes_for(d: &Dims, sh: &Shape, rows: usize) -> u64 {
         let (h, ff) = (d.hidden, d.ff);
         let per_row = h * 4 + h * 2 + sh.qkv_width() * 4 + 2 * sh.q_dim() * 2 + 3 * ff * 2;
-        let per_item = h * 6 + d.vocab * 4 + 8;
+        let per_item = h * 4 + d.vocab * 4 + 8;
         (rows * (per_row + per_item)) as u64
     }
 
