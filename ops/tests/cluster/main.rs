@@ -259,7 +259,7 @@ async fn kill_9_of_a_node_mid_stream_keeps_the_text() {
     };
     // The undisturbed text.
     let r = post(&url, "/v1/completions", body(false)).await;
-    assert_eq!(r.status(), 200);
+    let r = expect_ok(r, &c).await;
     let undisturbed: Value = r.json().await.expect("json");
     assert_eq!(undisturbed["usage"]["completion_tokens"], max_tokens);
     let expected = undisturbed["choices"][0]["text"]

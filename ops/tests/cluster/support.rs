@@ -108,6 +108,10 @@ impl Cluster {
                 )
             })
             .collect();
+        // Serving starts when the router says it can place a request.
+        let addr = cluster.url.trim_start_matches("http://").to_string();
+        let up = wait_until(UP_WAIT, || ready(&addr));
+        assert!(up, "not ready within {UP_WAIT:?}:\n{}", cluster.log());
         cluster
     }
 
@@ -195,6 +199,22 @@ pub fn alive(pid: u32) -> bool {
 }
 
 /// Waits until `cond` holds, at most `limit`.
+/// `GET /ready` at `addr` answers 200 (a blocking HTTP/1.1 request, bounded by timeouts).
+fn ready(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let limit = Some(Duration::from_secs(2));
+    let _ = s.set_read_timeout(limit);
+    let _ = s.set_write_timeout(limit);
+    let request = format!("GET /ready HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut head = [0u8; 12];
+    s.write_all(request.as_bytes()).is_ok()
+        && s.read_exact(&mut head).is_ok()
+        && head.starts_with(b"HTTP/1.1 200")
+}
+
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {

@@ -314,13 +314,20 @@ impl Backend for Forwarder {
         self.shared.card(name)
     }
 
+    /// An instance is healthy and its stages are linked: a request placed now can start
+    /// (load reports may make an instance healthy before the topology links its stages).
     fn ready(&self) -> bool {
         let now = Instant::now();
         let silence = self.shared.limits.node_silence();
-        lock(&self.shared.view)
+        let healthy: Vec<String> = lock(&self.shared.view)
             .instances()
             .iter()
-            .any(|i| i.healthy(now, silence))
+            .filter(|i| i.healthy(now, silence))
+            .map(|i| i.id.clone())
+            .collect();
+        healthy
+            .iter()
+            .any(|id| self.shared.stage_links(id).is_some())
     }
 }
 
