@@ -21,7 +21,7 @@ timeout 80 .dev/t/cuda_exec 2>&1 | tail -n 40 >> $OUT/tests.log || ok=0
 grep -E "test result|FAILED|panicked|failed" $OUT/tests.log | head -n 20
 echo "GPU tests passed: $ok"
 echo "== bench gpu" | tee -a $G
-timeout 150 $S bench gpu --repeats 5 --json $OUT/bench-gpu.json 2>&1 | grep -v '\[' | tee -a $G | tail -n 26 | head -n 18
+timeout 150 $S bench gpu --repeats 5 --json $OUT/bench-gpu.json 2>&1 | grep -v '\[' | tee -a $G | tail -n 34 | head -n 24
 if [ $ok = 1 ]; then
   timeout 200 $S bench engine --executor cuda --model llama-3-8b --save-profile $OUT/h200-llama-3-8b.toml \
     --json $OUT/bench-engine.json 2>&1 | grep -v '\[' | tail -n 12 | tee $OUT/bench-engine.log

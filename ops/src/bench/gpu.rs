@@ -32,6 +32,8 @@ const DTYPE_BYTES: usize = 2;
 const MAX_REPEATS: usize = 1000;
 /// Most sequences in one decode step.
 const MAX_DECODE_BATCH: usize = 4096;
+/// Most sequences in one streamed decode step (their layers live in pinned host memory).
+const MAX_STREAMED_BATCH: usize = 64;
 /// Largest copy-only plan, MiB.
 const MAX_TRANSFER_MIB: usize = 64 * 1024;
 
@@ -54,6 +56,11 @@ pub struct GpuArgs {
     /// Tokens of context of every sequence of a decode step.
     #[arg(long, default_value_t = 4096)]
     decode_ctx: usize,
+    /// Batch sizes of the streamed decode steps: `--decode-ctx` contexts with all but the first
+    /// layer on the host tier, streamed in through the staging buffers as layer-wise mode does,
+    /// each beside the same step with every layer resident.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    streamed_batch: Vec<usize>,
     /// Size of the copy-only plans (GPU → host and back), MiB.
     #[arg(long, default_value_t = 256)]
     transfer_mib: usize,
@@ -90,6 +97,10 @@ impl GpuArgs {
             .find(|&&b| b == 0 || b > MAX_DECODE_BATCH)
         {
             bail!("--decode-batch {b}: each batch must be in 1..={MAX_DECODE_BATCH}");
+        }
+        if let Some(&b) = (self.streamed_batch.iter()).find(|&&b| b == 0 || b > MAX_STREAMED_BATCH)
+        {
+            bail!("--streamed-batch {b}: each batch must be in 1..={MAX_STREAMED_BATCH}");
         }
         if self.decode_ctx >= max_pos {
             bail!(
@@ -144,13 +155,28 @@ impl GpuArgs {
             tokens: self.offload_prompt,
             offload,
         }));
+        v.extend(self.streamed_batch.iter().map(|&batch| Point::Streamed {
+            batch,
+            ctx: self.decode_ctx,
+        }));
         v
+    }
+
+    /// Blocks of each staging buffer: the offloaded prefill's prompt, or the largest streamed
+    /// decode batch's contexts.
+    fn staging_blocks(&self, layout: &KvLayout) -> usize {
+        let streamed = self.streamed_batch.iter().copied().max().unwrap_or(0);
+        (layout.blocks_for(self.offload_prompt))
+            .max(streamed * layout.blocks_for(self.decode_ctx + 1))
     }
 
     /// Rows of the largest step: the longest prompt or the largest decode batch.
     fn max_rows(&self) -> usize {
         let prefill = self.prefill.iter().copied().max().unwrap_or(0);
-        let decode = self.decode_batch.iter().copied().max().unwrap_or(0);
+        let decode = (self.decode_batch.iter().chain(&self.streamed_batch))
+            .copied()
+            .max()
+            .unwrap_or(0);
         prefill.max(decode).max(self.offload_prompt)
     }
 }

@@ -6,7 +6,7 @@ use super::plans;
 use super::points::{Budget, Offload, Point, size_pools};
 use super::report::{
     DecodeResult, Device, Direction, Formulas, OffloadResult, Peaks, Pools, PrefillResult, Report,
-    Skipped, TransferResult, median,
+    Skipped, StreamedResult, TransferResult, median,
 };
 use super::{DTYPE_BYTES, GpuArgs};
 use anyhow::Context;
@@ -67,7 +67,7 @@ pub fn measure(args: &GpuArgs, cfg: &ModelConfig, label: &str) -> anyhow::Result
         reserved_bytes: cuda::reserved_bytes(cfg, args.max_rows()),
         headroom_bytes: (args.headroom_gib * GIB) as u64,
         block_bytes: layout.block_bytes(),
-        staging_blocks: layout.blocks_for(args.offload_prompt),
+        staging_blocks: args.staging_blocks(&layout),
     };
     let points = args.points(&layout);
     let (pools, no_room) = size_pools(&points, &layout, &budget);
@@ -113,6 +113,7 @@ pub fn measure(args: &GpuArgs, cfg: &ModelConfig, label: &str) -> anyhow::Result
         decode: Vec::new(),
         transfer: Vec::new(),
         offload: Vec::new(),
+        streamed: Vec::new(),
         skipped: no_room
             .iter()
             .map(|(p, why)| Skipped {
@@ -198,6 +199,23 @@ fn run_point(
                 ratio_to_none: None,
             });
             format!("{median_ms:.2} ms")
+        }
+        Point::Streamed { batch, ctx } => {
+            let staged = Offload::AllButOne.staged(layout.layers);
+            let resident = time(exec, &plans::decode(layout, vocab, batch, ctx), repeats)?;
+            let plan = plans::streamed_decode(layout, vocab, batch, ctx, &staged);
+            let samples = time(exec, &plan, repeats)?;
+            let count = staged.iter().filter(|&&s| s).count();
+            let bytes_in = (batch * count * layout.blocks_for(ctx)) as u64 * layout.block_bytes();
+            let r = StreamedResult::new(&peaks, batch, ctx, count, bytes_in, resident, samples);
+            let line = format!(
+                "{:.3} ms against {:.3} resident, {:.0}% of max(compute, copy-in)",
+                r.median_ms,
+                r.resident_ms,
+                100.0 * r.overlap
+            );
+            report.streamed.push(r);
+            line
         }
     })
 }

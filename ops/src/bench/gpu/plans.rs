@@ -186,6 +186,46 @@ pub fn decode_need(layout: &KvLayout, batch: usize, ctx: usize) -> Need {
     }
 }
 
+/// One decode step like [`decode`] whose layers marked in `staged` stream in from the host
+/// tier: item `i`'s `j`-th staged layer on host blocks `(i·S + j)·B ..` (`S` the staged count),
+/// the other layers on the GPU blocks [`decode`] gives them. This is what the engine's
+/// layer-wise mode runs once a sequence's layers are offloaded.
+pub fn streamed_decode(
+    layout: &KvLayout,
+    vocab: usize,
+    batch: usize,
+    ctx: usize,
+    staged: &[bool],
+) -> StepPlan {
+    let b = layout.blocks_for(ctx + 1);
+    let count = staged.iter().filter(|&&s| s).count();
+    let mut plan = decode(layout, vocab, batch, ctx);
+    for (i, item) in plan.items.iter_mut().enumerate() {
+        let mut j = 0;
+        for (l, kv) in item.layers.iter_mut().enumerate() {
+            if staged.get(l).copied().unwrap_or(false) {
+                *kv = LayerKv {
+                    blocks: run(BlockId::host, (i * count + j) * b, b),
+                    staged: true,
+                };
+                j += 1;
+            }
+        }
+    }
+    plan
+}
+
+/// What [`streamed_decode`] needs, with room for the all-resident [`decode`] it is compared to.
+pub fn streamed_need(layout: &KvLayout, batch: usize, ctx: usize, staged: &[bool]) -> Need {
+    let b = layout.blocks_for(ctx + 1);
+    let count = staged.iter().filter(|&&s| s).count();
+    Need {
+        host: batch * count * b,
+        staging: if count > 0 { batch * b } else { 0 },
+        ..decode_need(layout, batch, ctx)
+    }
+}
+
 /// Copy-only plans moving `blocks` blocks GPU → host (offload) and back (reload), in `order`.
 pub fn transfer(blocks: usize, order: Order, seed: u64) -> (StepPlan, StepPlan) {
     let (gpu, host) = match order {

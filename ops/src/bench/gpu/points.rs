@@ -48,10 +48,27 @@ impl Offload {
 /// One measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Point {
-    Prefill { tokens: usize },
-    Decode { batch: usize, ctx: usize },
-    Transfer { blocks: usize, order: Order },
-    Offload { tokens: usize, offload: Offload },
+    Prefill {
+        tokens: usize,
+    },
+    Decode {
+        batch: usize,
+        ctx: usize,
+    },
+    Transfer {
+        blocks: usize,
+        order: Order,
+    },
+    Offload {
+        tokens: usize,
+        offload: Offload,
+    },
+    /// A decode step with all but one layer streamed from the host, beside the same step with
+    /// every layer resident.
+    Streamed {
+        batch: usize,
+        ctx: usize,
+    },
 }
 
 impl Point {
@@ -63,6 +80,12 @@ impl Point {
             Point::Offload { tokens, offload } => {
                 plans::staged_need(layout, tokens, &offload.staged(layout.layers))
             }
+            Point::Streamed { batch, ctx } => plans::streamed_need(
+                layout,
+                batch,
+                ctx,
+                &Offload::AllButOne.staged(layout.layers),
+            ),
         }
     }
 }
@@ -77,6 +100,9 @@ impl fmt::Display for Point {
             }
             Point::Offload { tokens, offload } => {
                 write!(f, "prefill {tokens} offload {}", offload.name())
+            }
+            Point::Streamed { batch, ctx } => {
+                write!(f, "streamed decode batch {batch} at ctx {ctx}")
             }
         }
     }

@@ -160,6 +160,61 @@ pub struct OffloadResult {
     pub ratio_to_none: Option<f64>,
 }
 
+/// A decode step with all but one layer streamed in from the host tier, beside the same step
+/// with every layer resident.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StreamedResult {
+    pub batch: usize,
+    pub ctx: usize,
+    pub staged_layers: usize,
+    /// Bytes the staged layers bring in from the host (the step's new token goes back out in one
+    /// block per staged layer and sequence).
+    pub bytes_in: u64,
+    pub resident_samples_ms: Vec<f64>,
+    pub resident_ms: f64,
+    pub samples_ms: Vec<f64>,
+    pub median_ms: f64,
+    /// `bytes_in` at the measured H2D peak.
+    pub copy_in_ms: f64,
+    /// Perfect overlap: the longer of the resident step and the copy-in.
+    pub bound_ms: f64,
+    /// No overlap at all: the resident step, then the copy-in.
+    pub serial_ms: f64,
+    /// `bound_ms / median_ms`: 1 when copies hide entirely behind compute or the reverse.
+    pub overlap: f64,
+}
+
+impl StreamedResult {
+    pub fn new(
+        peaks: &Peaks,
+        batch: usize,
+        ctx: usize,
+        staged_layers: usize,
+        bytes_in: u64,
+        resident_samples_ms: Vec<f64>,
+        samples_ms: Vec<f64>,
+    ) -> Self {
+        let resident_ms = median(&resident_samples_ms);
+        let median_ms = median(&samples_ms);
+        let copy_in_ms = bytes_in as f64 / (peaks.h2d_gbps * 1e9).max(1.0) * 1e3;
+        let bound_ms = resident_ms.max(copy_in_ms);
+        StreamedResult {
+            batch,
+            ctx,
+            staged_layers,
+            bytes_in,
+            resident_samples_ms,
+            resident_ms,
+            samples_ms,
+            median_ms,
+            copy_in_ms,
+            bound_ms,
+            serial_ms: resident_ms + copy_in_ms,
+            overlap: bound_ms / median_ms.max(1e-9),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Skipped {
     pub point: String,
@@ -208,5 +263,6 @@ pub struct Report {
     pub decode: Vec<DecodeResult>,
     pub transfer: Vec<TransferResult>,
     pub offload: Vec<OffloadResult>,
+    pub streamed: Vec<StreamedResult>,
     pub skipped: Vec<Skipped>,
 }

@@ -114,6 +114,35 @@ fn write_all(s: &mut String, r: &Report) -> std::fmt::Result {
             )?;
         }
     }
+    if !r.streamed.is_empty() {
+        writeln!(
+            s,
+            "\n{:<8} {:>5} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "streamed",
+            "batch",
+            "ctx",
+            "GB in",
+            "step ms",
+            "resident",
+            "copy-in",
+            "serial",
+            "overlap"
+        )?;
+        for x in &r.streamed {
+            writeln!(
+                s,
+                "{:>14} {:>6} {:>7.2} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>7.0}%",
+                x.batch,
+                x.ctx,
+                x.bytes_in as f64 / 1e9,
+                x.median_ms,
+                x.resident_ms,
+                x.copy_in_ms,
+                x.serial_ms,
+                100.0 * x.overlap
+            )?;
+        }
+    }
     writeln!(s, "\nprefill FLOPs = {}", r.formulas.prefill_flops)?;
     writeln!(s, "decode bytes = {}", r.formulas.decode_bytes)?;
     writeln!(s, "{}", r.formulas.utilization)?;

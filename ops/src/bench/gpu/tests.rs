@@ -166,6 +166,22 @@ fn plans_have_the_right_blocks() {
         assert_eq!(need.staging, if offload == Offload::None { 0 } else { 256 });
         assert_within(&s, &need);
     }
+
+    let most = Offload::AllButOne.staged(32);
+    let d = plans::streamed_decode(&layout, vocab, 3, 4096, &most);
+    let need = plans::streamed_need(&layout, 3, 4096, &most);
+    assert_eq!((need.host, need.staging), (3 * 31 * 257, 3 * 257));
+    assert_eq!(need.gpu, plans::decode_need(&layout, 3, 4096).gpu);
+    for item in &d.items {
+        assert_eq!((item.kind, item.start_pos), (WorkKind::Decode, 4096));
+        for (l, kv) in item.layers.iter().enumerate() {
+            assert_eq!(kv.staged, l > 0, "layer {l}");
+            assert_eq!(kv.blocks.len(), 257);
+            let tier = if l > 0 { Tier::Host } else { Tier::Gpu };
+            assert!(kv.blocks.iter().all(|b| b.tier == tier), "layer {l}");
+        }
+    }
+    assert_within(&d, &need);
 }
 
 #[test]
@@ -204,6 +220,7 @@ fn every_plan_runs_on_the_cpu_executor() {
         "--decode-ctx=33",
         "--transfer-mib=1",
         "--offload-prompt=40",
+        "--streamed-batch=2",
     ]);
     a.validate(&cfg).expect("valid arguments");
     let points = a.points(&layout);
@@ -212,10 +229,11 @@ fn every_plan_runs_on_the_cpu_executor() {
         reserved_bytes: 0,
         headroom_bytes: 0,
         block_bytes: layout.block_bytes(),
-        staging_blocks: layout.blocks_for(a.offload_prompt),
+        staging_blocks: a.staging_blocks(&layout),
     };
     let (pools, skipped) = size_pools(&points, &layout, &budget);
     assert!(skipped.is_empty());
+    assert!(points.contains(&Point::Streamed { batch: 2, ctx: 33 }));
     let weights = Weights::random(&cfg, 1, 0..cfg.num_layers).expect("tiny weights");
     let mut exec = CpuExecutor::new(&cfg, weights, layout, pools).expect("cpu executor");
     let vocab = cfg.vocab_size;
@@ -230,6 +248,13 @@ fn every_plan_runs_on_the_cpu_executor() {
             Point::Offload { tokens, offload } => {
                 let staged = offload.staged(layout.layers);
                 vec![plans::staged_prefill(&layout, vocab, tokens, &staged)]
+            }
+            Point::Streamed { batch, ctx } => {
+                let staged = Offload::AllButOne.staged(layout.layers);
+                vec![
+                    plans::decode(&layout, vocab, batch, ctx),
+                    plans::streamed_decode(&layout, vocab, batch, ctx, &staged),
+                ]
             }
         };
         for s in steps {
@@ -247,20 +272,21 @@ fn points_that_do_not_fit_are_skipped() {
     assert_eq!(a.transfer_blocks(&layout), 4096);
     assert_eq!(a.max_rows(), 16384);
     let points = a.points(&layout);
-    assert_eq!(points.len(), 3 + 3 + 2 + 3);
+    assert_eq!(points.len(), 3 + 3 + 2 + 3 + 2);
+    assert_eq!(a.staging_blocks(&layout), 4 * 257);
     let gib = 1u64 << 30;
     let budget = Budget {
         free_bytes: 100 * gib,
         reserved_bytes: 16 * gib,
         headroom_bytes: 2 * gib,
         block_bytes: layout.block_bytes(),
-        staging_blocks: 256,
+        staging_blocks: a.staging_blocks(&layout),
     };
     let (pools, skipped) = size_pools(&points, &layout, &budget);
     assert!(skipped.is_empty(), "{skipped:?}");
     assert_eq!(pools.gpu_blocks, 128 * 32 * 257);
-    assert_eq!(pools.host_blocks, 31 * 256);
-    assert_eq!(pools.staging_blocks, 256);
+    assert_eq!(pools.host_blocks, 4 * 31 * 257);
+    assert_eq!(pools.staging_blocks, 4 * 257);
 
     let small = Budget {
         free_bytes: 60 * gib,
@@ -288,6 +314,8 @@ fn bad_arguments_are_refused() {
         &["--prefill=0"][..],
         &["--prefill=200000"],
         &["--decode-batch=1,0"],
+        &["--streamed-batch=0"],
+        &["--streamed-batch=65"],
         &["--decode-ctx=131072"],
         &["--repeats=0"],
         &["--transfer-mib=0"],
@@ -340,6 +368,7 @@ fn the_table_is_short() {
         decode: Vec::new(),
         transfer: Vec::new(),
         offload: Vec::new(),
+        streamed: Vec::new(),
         skipped: vec![report::Skipped {
             point: "decode batch 128 at ctx 4096".into(),
             reason: "needs 64.2 GiB".into(),
@@ -380,6 +409,17 @@ fn the_table_is_short() {
             ratio_to_none: Some(1.0),
         });
     }
+    for b in [1, 4] {
+        r.streamed.push(report::StreamedResult::new(
+            &peaks,
+            b,
+            4096,
+            31,
+            b as u64 * 31 * 256 * 65536,
+            vec![7.0],
+            vec![12.0],
+        ));
+    }
     let text = table::render(&r);
     println!("{text}");
     assert!(text.lines().count() <= 40, "{} lines", text.lines().count());
@@ -388,4 +428,10 @@ fn the_table_is_short() {
     let json = serde_json::to_value(&r).expect("report serializes");
     assert_eq!(json["transfer"][1]["direction"], "reload");
     assert_eq!(json["offload"][2]["offload"], "all-but-one");
+    assert!(text.contains("streamed"));
+    // 0.52 GB in at 55 GB/s: 9.46 ms of copy, longer than the 7 ms resident step.
+    let s = &r.streamed[0];
+    assert!((s.copy_in_ms - 9.457).abs() < 0.01, "{}", s.copy_in_ms);
+    assert!((s.overlap - s.copy_in_ms / 12.0).abs() < 1e-9);
+    assert!((s.serial_ms - (7.0 + s.copy_in_ms)).abs() < 1e-9);
 }
