@@ -507,6 +507,7 @@ impl Gpu {
             }
         }
         let mut staged_layers = vec![false; d.layers];
+        let mut stage_in_runs = 0usize;
         for l in 0..d.layers {
             let lw = &w.layers[l];
             self.norm_linear(
@@ -542,6 +543,7 @@ impl Gpu {
                     if self.copy_wait[l] {
                         self.stage_in.wait(&self.ev.copied[l])?;
                     }
+                    stage_in_runs += ins.len();
                     out.transfer_bytes += self.kv.issue(&self.stage_in, &ins)?;
                     self.ev.input[l].record(&self.stage_in)?;
                     c.wait(&self.ev.input[l])?;
@@ -692,11 +694,16 @@ impl Gpu {
         let queued = std::time::Instant::now();
         c.sync("running the step")?;
         if self.trace {
+            // One line a step, in fields a script can read: the host's time to queue the step
+            // and how much longer the GPU took, in microseconds.
             eprintln!(
-                "cuda step: {rows} rows, {} items: queued in {:?}, GPU done {:?} later",
+                "cuda step: rows={rows} items={} staged_layers={} stage_in_runs={stage_in_runs} \
+                 plan_copies={} queued_us={} gpu_us={}",
                 items.len(),
-                queued - self.step_started,
-                queued.elapsed()
+                staged_layers.iter().filter(|&&s| s).count(),
+                plan.copies.len(),
+                (queued - self.step_started).as_micros(),
+                queued.elapsed().as_micros()
             );
         }
 
