@@ -8,7 +8,8 @@
 # Optional binaries in .dev/, each timed in the same call as the new one:
 #   strata-old  an older revision: decode and prefill side by side (`bench gpu`)
 #   strata-a    another revision: the engine bench's layer-wise mode under the profile just fitted
-# About 6 minutes on an H200 with both; each step has its own time limit.
+# About 6 minutes on an H200 with both; each step has its own time limit. SKIP_BENCH_GPU=1 leaves
+# out `bench gpu` (a second run on the same card, for the engine alone).
 set -uo pipefail
 for f in .dev/*.gz .dev/t/*.gz; do [ -e "$f" ] && gunzip -f "$f" && chmod +x "${f%.gz}"; done
 S=./.dev/strata; O=./.dev/strata-old; A=./.dev/strata-a
@@ -20,8 +21,10 @@ timeout 60 .dev/t/lib cuda 2>&1 | tail -n 40 > $OUT/tests.log || ok=0
 timeout 80 .dev/t/cuda_exec 2>&1 | tail -n 40 >> $OUT/tests.log || ok=0
 grep -E "test result|FAILED|panicked|failed" $OUT/tests.log | head -n 20
 echo "GPU tests passed: $ok"
-echo "== bench gpu" | tee -a $G
-timeout 150 $S bench gpu --repeats 5 --json $OUT/bench-gpu.json 2>&1 | grep -v '\[' | tee -a $G | tail -n 34 | head -n 24
+if [ -z "${SKIP_BENCH_GPU:-}" ]; then
+  echo "== bench gpu" | tee -a $G
+  timeout 150 $S bench gpu --repeats 5 --json $OUT/bench-gpu.json 2>&1 | grep -v '\[' | tee -a $G | tail -n 34 | head -n 24
+fi
 if [ $ok = 1 ]; then
   timeout 200 $S bench engine --executor cuda --model llama-3-8b --save-profile $OUT/h200-llama-3-8b.toml \
     --json $OUT/bench-engine.json 2>&1 | grep -v '\[' | tail -n 12 | tee $OUT/bench-engine.log
