@@ -15,10 +15,7 @@
 //!    when every layer fits on the GPU. `layerwise` keeps resident as many layers as free blocks
 //!    allow, spreads the rest (see [`residency`](super::residency)) to the host, bounded by
 //!    staging, host room and offload time ≤ prefill compute, and admits only while every running
-//!    decode keeps its TPOT SLO with the added step time. Decode steps are priced by the cost
-//!    profile scaled by how much longer recent decode-only steps took than it says
-//!    ([`Scheduler::decode_ratio`]): a profile fitted on other work, or steps it does not model
-//!    (streamed layers sharing the copy engines with plan copies), do not break that promise.
+//!    decode keeps its TPOT SLO with the added step time.
 
 use super::config::{Mode, SchedulerConfig};
 
