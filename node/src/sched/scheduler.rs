@@ -34,10 +34,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use strata_transport::proto::CostProfile;
 
-/// The range of [`Scheduler::decode_ratio`]: a profile off by more than this is refitted, not
-/// corrected, and one outlier step (a page fault, a preempted host thread) must not swing it.
-const DECODE_RATIO: (f64, f64) = (0.5, 4.0);
-
 #[derive(Debug, Clone)]
 struct Seq {
     req: Request,
@@ -73,11 +69,6 @@ pub struct Scheduler {
     planned_at: Duration,
     /// Observed seconds per decode step (EWMA), prefills interleaved included.
     token_interval_s: Option<f64>,
-    /// The cost profile's time for the last planned step, when it decodes without a prefill.
-    planned_decode_s: Option<f64>,
-    /// Observed over modelled time of decode-only steps (EWMA, clamped): how far the profile is
-    /// from this executor now. It scales the modelled decode step that the TPOT checks use.
-    decode_ratio: Option<f64>,
     /// Waiting requests in admission order.
     waiting: Vec<SeqId>,
     /// Admitted sequences in priority order.
@@ -105,8 +96,6 @@ impl Scheduler {
             stops: AdmissionStops::default(),
             planned_at: Duration::ZERO,
             token_interval_s: None,
-            planned_decode_s: None,
-            decode_ratio: None,
             waiting: Vec::new(),
             running: Vec::new(),
             seqs: HashMap::new(),
@@ -458,8 +447,7 @@ impl Scheduler {
         // The modelled decode step: what each further token costs if no more prefills join.
         let decode_step_s = self
             .cost
-            .decode_s(decoding.len(), ctx_of(kv, &decoding), layers)
-            * self.decode_ratio();
+            .decode_s(decoding.len(), ctx_of(kv, &decoding), layers);
         budget.seconds = decode_step_s;
         // Chunked prefills under way continue before anything new starts.
         let under_way: Vec<SeqId> = running
@@ -554,20 +542,7 @@ impl Scheduler {
                 want_logits: seq.req.want_logits,
             });
         }
-        let decode_only =
-            !plan.items.is_empty() && plan.items.iter().all(|i| i.kind == WorkKind::Decode);
-        self.planned_decode_s = decode_only.then(|| {
-            crate::exec::sim::model_step(&self.cost, &self.layout, &plan)
-                .elapsed()
-                .as_secs_f64()
-        });
         plan
-    }
-
-    /// How much longer decode-only steps have taken than the cost profile says (see
-    /// `decode_ratio`); 1 before any was seen.
-    pub fn decode_ratio(&self) -> f64 {
-        self.decode_ratio.unwrap_or(1.0)
     }
 
     /// End of the prefill chunk that starts at `start` of a `len`-token prompt.
@@ -606,13 +581,6 @@ impl Scheduler {
                 Some(avg) => 0.9 * avg + 0.1 * dt,
                 None => dt,
             });
-            if let Some(model) = self.planned_decode_s.take().filter(|&m| m > 0.0) {
-                let r = (dt / model).clamp(DECODE_RATIO.0, DECODE_RATIO.1);
-                self.decode_ratio = Some(match self.decode_ratio {
-                    Some(avg) => 0.9 * avg + 0.1 * r,
-                    None => r,
-                });
-            }
         }
         let mut logits: HashMap<SeqId, &Vec<f32>> =
             out.logits.iter().map(|(s, l)| (*s, l)).collect();
