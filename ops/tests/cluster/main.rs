@@ -24,8 +24,14 @@ async fn stream(url: &str, path: &str, body: Value) -> Streamed {
     let instance = header(&r, "x-strata-instance");
     let text = r.text().await.expect("body");
     let (events, done) = parse_sse(&text);
+    let error = if status == 200 {
+        String::new()
+    } else {
+        text.chars().take(400).collect()
+    };
     Streamed {
         status,
+        error,
         instance,
         events,
         done,
@@ -286,6 +292,7 @@ async fn kill_9_of_a_node_mid_stream_keeps_the_text() {
     let (events, done) = parse_sse(&raw);
     let s = Streamed {
         status: 200,
+        error: String::new(),
         instance,
         events,
         done,
@@ -324,7 +331,7 @@ async fn a_hundred_concurrent_streams_complete() {
     let mut per_instance = std::collections::HashMap::new();
     for t in tasks {
         let s = t.await.expect("task");
-        assert_eq!(s.status, 200);
+        assert_eq!(s.status, 200, "{}\n{}", s.error, c.log());
         assert!(s.done, "every stream ends with [DONE]");
         let finish = s.events.iter().find_map(|e| {
             e["choices"][0]["finish_reason"]

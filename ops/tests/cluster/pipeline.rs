@@ -247,6 +247,7 @@ async fn kill_9_of_a_middle_stage_mid_stream_keeps_the_text() {
     let (events, done) = parse_sse(&raw);
     let s = Streamed {
         status: 200,
+        error: String::new(),
         instance: instance.clone(),
         events,
         done,

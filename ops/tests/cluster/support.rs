@@ -230,6 +230,8 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// and the response headers.
 pub struct Streamed {
     pub status: u16,
+    /// The start of the body when the status is not 200 (what the error said), else empty.
+    pub error: String,
     pub instance: String,
     pub events: Vec<Value>,
     pub done: bool,
