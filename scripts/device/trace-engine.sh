@@ -17,7 +17,8 @@ echo "== layer-wise under $profile, traced: $(grep -c "cuda step:" $T) steps" | 
 awk '
   /cuda step:/ {
     for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
-    kind = f["staged_layers"] > 0 ? "streamed" : (f["rows"] > f["items"] ? "prefill" : "decode")
+    # A step with a prefill (more rows than items) counts as one even when it stages layers.
+    kind = f["rows"] > f["items"] ? "prefill" : (f["staged_layers"] > 0 ? "streamed" : "decode")
     n[kind]++; q[kind] += f["queued_us"]; g[kind] += f["gpu_us"]; r[kind] += f["stage_in_runs"]
     c[kind] += f["plan_copies"]
     if (f["gpu_us"] < 200) starved[kind]++

@@ -198,7 +198,6 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
-/// Waits until `cond` holds, at most `limit`.
 /// `GET /ready` at `addr` answers 200 (a blocking HTTP/1.1 request, bounded by timeouts).
 fn ready(addr: &str) -> bool {
     use std::io::{Read, Write};
@@ -215,6 +214,7 @@ fn ready(addr: &str) -> bool {
         && head.starts_with(b"HTTP/1.1 200")
 }
 
+/// Waits until `cond` holds, at most `limit`.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {

@@ -319,6 +319,7 @@ impl Backend for Forwarder {
     fn ready(&self) -> bool {
         let now = Instant::now();
         let silence = self.shared.limits.node_silence();
+        // Collected first: the view's lock is released before the topology's is taken.
         let healthy: Vec<String> = lock(&self.shared.view)
             .instances()
             .iter()
