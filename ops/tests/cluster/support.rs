@@ -188,14 +188,20 @@ pub fn signal(pid: u32, sig: i32) {
     }
 }
 
-/// Whether a process with `pid` exists (and is not a zombie we could see).
+/// Whether any thread of the process `pid` is still running. When a multi-threaded process is
+/// killed its group leader turns zombie as soon as it exits, while its other threads may still be
+/// exiting with the process's files (its listening sockets) open; the process is gone once every
+/// thread left in `/proc/{pid}/task` is a zombie or dead.
 pub fn alive(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The state is the field after the parenthesised command name.
-    match stat.rsplit_once(')') {
-        Some((_, rest)) => !rest.trim_start().starts_with('Z'),
-        None => false,
-    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // The state is the field after the parenthesised command name.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+    })
 }
 
 /// `GET /ready` at `addr` answers 200 (a blocking HTTP/1.1 request, bounded by timeouts).
