@@ -208,14 +208,20 @@ async fn the_control_plane_survives_kill_9_of_its_leader() {
         .commit_index;
     let deadline = Instant::now() + BOUND;
     let caught_up = loop {
-        if let Some(s) = status(&client, victim.admin, true).await
+        let seen = client
+            .request(victim.admin, ControlRequest::Status { local: true })
+            .await;
+        if let Ok(ControlReply::Status(s)) = &seen
             && s.commit_index >= leader_commit
         {
-            break s;
+            break s.clone();
         }
         assert!(
             Instant::now() < deadline,
-            "the restarted replica did not catch up"
+            "the restarted replica did not catch up to commit {leader_commit}: {seen:?}\n\
+             --- restarted.log ---\n{}\n{}",
+            std::fs::read_to_string(c.dir.join("restarted.log")).unwrap_or_default(),
+            c.log()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
