@@ -83,6 +83,11 @@ pub(crate) struct SeqKv {
     pub(crate) hashes: Vec<BlockHash>,
     /// Per layer, the blocks holding it (may run ahead of `tokens`).
     pub(crate) tables: Vec<Vec<BlockId>>,
+    /// Per layer, host block indices held for the table to grow into, lowest first (see
+    /// [`super::spare`]).
+    pub(crate) spare: Vec<Vec<u32>>,
+    /// Tokens the sequence is expected to reach; 0 when unknown (no spares).
+    pub(crate) expect_tokens: usize,
 }
 
 /// Layer-wise KV block bookkeeping. See the module doc.
@@ -92,6 +97,8 @@ pub struct BlockManager {
     pub(crate) pools: [Pool; 2],
     pub(crate) seqs: HashMap<SeqId, SeqKv>,
     pub(crate) index: HashMap<CacheKey, BlockId>,
+    /// Spare host blocks over all sequences.
+    pub(crate) spare_count: usize,
     stamp: u64,
     copies: Vec<CopyOp>,
     events: Vec<KvEvent>,
@@ -104,6 +111,7 @@ impl BlockManager {
             pools: [Pool::new(gpu_blocks), Pool::new(host_blocks)],
             seqs: HashMap::new(),
             index: HashMap::new(),
+            spare_count: 0,
             stamp: 0,
             copies: Vec::new(),
             events: Vec::new(),
@@ -126,8 +134,16 @@ impl BlockManager {
         self.pools[tier.index()].cached_count()
     }
 
-    /// Blocks an allocation on `tier` can take: free plus evictable cache.
+    /// Blocks an allocation on `tier` can take: free, evictable cache, and spare host blocks.
     pub fn available(&self, tier: Tier) -> usize {
+        match tier {
+            Tier::Gpu => self.unheld(tier),
+            Tier::Host => self.unheld(tier) + self.spare_count,
+        }
+    }
+
+    /// Free plus evictable cache: what an allocation takes before any spare block.
+    pub(crate) fn unheld(&self, tier: Tier) -> usize {
         let p = &self.pools[tier.index()];
         p.free_count() + p.cached_count()
     }
@@ -147,7 +163,7 @@ impl BlockManager {
         std::mem::take(&mut self.events)
     }
 
-    fn next_stamp(&mut self) -> u64 {
+    pub(crate) fn next_stamp(&mut self) -> u64 {
         self.stamp += 1;
         self.stamp
     }
@@ -166,6 +182,8 @@ impl BlockManager {
                 tokens: Vec::new(),
                 hashes: Vec::new(),
                 tables: vec![Vec::new(); self.layout.layers],
+                spare: vec![Vec::new(); self.layout.layers],
+                expect_tokens: 0,
             },
         );
         Ok(())
@@ -255,11 +273,11 @@ impl BlockManager {
     // ---- allocation -----------------------------------------------------------------------
 
     /// Takes `n` blocks on `tier` at once, in index order: free blocks first (lowest index
-    /// first), then the least recently cached. GPU victims are demoted to host blocks taken
+    /// first), then the least recently cached, then (on the host) spare blocks. GPU victims are demoted to host blocks taken
     /// together, both sides in index order, so victims that were neighbours (a finished
     /// sequence's layer) move as one copy run instead of one copy per block. Nothing is taken
     /// when fewer than `n` are free or evictable.
-    fn take_many(&mut self, tier: Tier, n: usize) -> Result<Vec<BlockId>, KvError> {
+    pub(crate) fn take_many(&mut self, tier: Tier, n: usize) -> Result<Vec<BlockId>, KvError> {
         self.check_available(tier, n)?;
         let pool = &mut self.pools[tier.index()];
         let mut taken: Vec<u32> = Vec::with_capacity(n);
@@ -286,7 +304,7 @@ impl BlockManager {
         victims.sort_unstable();
         if tier == Tier::Gpu && !demote.is_empty() {
             // The host keeps the most recently cached when it cannot take them all.
-            let room = demote.len().min(self.available(Tier::Host));
+            let room = demote.len().min(self.unheld(Tier::Host));
             let demote = &demote[demote.len() - room..];
             // Stamps in LRU order, then both sides in index order.
             let mut ranked: Vec<(u32, CacheKey, u64)> = demote
@@ -315,6 +333,14 @@ impl BlockManager {
             let i = pool.take_free();
             debug_assert_eq!(i, Some(v), "an evicted block is the next free one");
             taken.extend(i);
+        }
+        if tier == Tier::Host && taken.len() < n {
+            // Spare blocks, freed, are now the only free ones.
+            let short = n - taken.len();
+            let reclaimed = self.reclaim_spares(short);
+            debug_assert_eq!(reclaimed, short, "available counted the spares");
+            let pool = &mut self.pools[tier.index()];
+            taken.extend((0..reclaimed).filter_map(|_| pool.take_free()));
         }
         taken.sort_unstable();
         Ok(taken
@@ -365,7 +391,10 @@ impl BlockManager {
             return Err(KvError::UnknownSeq(seq));
         }
         let n = self.blocks_to_grow(seq, layer, tokens);
-        let blocks = self.take_many(tier, n)?;
+        let blocks = match tier {
+            Tier::Gpu => self.take_many(tier, n)?,
+            Tier::Host => self.take_host_tail(seq, layer, n, true)?,
+        };
         if let Some(s) = self.seqs.get_mut(&seq) {
             s.tables[layer].extend(blocks);
         }
@@ -384,7 +413,10 @@ impl BlockManager {
             .enumerate()
             .filter(|(_, b)| b.tier != to)
             .collect();
-        let dsts = self.take_many(to, moving.len())?;
+        let dsts = match to {
+            Tier::Gpu => self.take_many(to, moving.len())?,
+            Tier::Host => self.take_host_tail(seq, layer, moving.len(), false)?,
+        };
         for ((pos, src), dst) in moving.iter().zip(dsts) {
             self.copies.push(CopyOp { src: *src, dst });
             let src_pool = &self.pools[src.tier.index()];
@@ -411,6 +443,9 @@ impl BlockManager {
             if let Some(s) = self.seqs.get_mut(&seq) {
                 s.tables[layer][*pos] = dst;
             }
+        }
+        if to == Tier::Gpu {
+            self.release_spare(seq, layer);
         }
         Ok(moving.len())
     }
@@ -464,6 +499,9 @@ impl BlockManager {
 
     /// Releases every block of the sequence: full blocks stay as evictable cache.
     pub fn free(&mut self, seq: SeqId) -> Result<(), KvError> {
+        for layer in 0..self.layout.layers {
+            self.release_spare(seq, layer);
+        }
         let s = self.seqs.remove(&seq).ok_or(KvError::UnknownSeq(seq))?;
         // Release position-major, deepest first, so that LRU evicts chain tails on every layer
         // before any layer loses a head block: a prefix hit needs its blocks on all layers.

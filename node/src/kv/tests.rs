@@ -77,15 +77,17 @@ mod sched_copy {
 }
 
 /// Registers `seq`, attaches its cached prefix and allocates + writes the rest of `prompt`,
-/// each layer on `tier_of(layer)`.
+/// each layer on `tier_of(layer)`. `growth`: the tokens it is expected to add after the prompt.
 fn prefill(
     kv: &mut BlockManager,
     sh: &mut Shadow,
     seq: SeqId,
     prompt: &[u32],
+    growth: usize,
     tier_of: impl Fn(usize) -> Tier,
 ) -> Result<usize, KvError> {
     kv.register(seq, 0)?;
+    kv.expect_tokens(seq, prompt.len() + growth)?;
     let hit = kv.attach_prefix(seq, prompt)?;
     sh.apply(&kv.poll_copies());
     for layer in 0..LAYERS {
@@ -107,7 +109,7 @@ fn prefix_hit_shares_blocks_and_survives_free() {
     let mut sh = Shadow::default();
     let prompt: Vec<u32> = (0..10).collect();
     assert_eq!(
-        prefill(&mut kv, &mut sh, id(1), &prompt, |_| Tier::Gpu),
+        prefill(&mut kv, &mut sh, id(1), &prompt, 0, |_| Tier::Gpu),
         Ok(0)
     );
     kv.validate().unwrap();
@@ -115,12 +117,12 @@ fn prefix_hit_shares_blocks_and_survives_free() {
     // Two full blocks of 4 stay cached on every layer; the partial third is freed.
     assert_eq!(kv.cached_blocks(Tier::Gpu), 2 * LAYERS);
     kv.validate().unwrap();
-    let hit = prefill(&mut kv, &mut sh, id(2), &prompt, |_| Tier::Gpu).unwrap();
+    let hit = prefill(&mut kv, &mut sh, id(2), &prompt, 0, |_| Tier::Gpu).unwrap();
     assert_eq!(hit, 8);
     assert_eq!(kv.cached_blocks(Tier::Gpu), 0);
     sh.check(&kv, id(2), &prompt);
     // A third sequence shares the same blocks.
-    let hit3 = prefill(&mut kv, &mut sh, id(3), &prompt, |_| Tier::Gpu).unwrap();
+    let hit3 = prefill(&mut kv, &mut sh, id(3), &prompt, 0, |_| Tier::Gpu).unwrap();
     assert_eq!(hit3, 8);
     assert_eq!(kv.block_refs(kv.table(id(3), 0)[0]), 2);
     kv.validate().unwrap();
@@ -135,12 +137,12 @@ fn eviction_demotes_gpu_cache_to_host_then_drops() {
     let mut kv = BlockManager::new(layout(), 2 * LAYERS, LAYERS);
     let mut sh = Shadow::default();
     let a: Vec<u32> = (0..8).collect();
-    prefill(&mut kv, &mut sh, id(1), &a, |_| Tier::Gpu).unwrap();
+    prefill(&mut kv, &mut sh, id(1), &a, 0, |_| Tier::Gpu).unwrap();
     kv.free(id(1)).unwrap();
     assert_eq!(kv.cached_blocks(Tier::Gpu), 2 * LAYERS);
     // A new prompt needs every GPU block: the cache is demoted to the host while it has room.
     let b: Vec<u32> = (100..108).collect();
-    prefill(&mut kv, &mut sh, id(2), &b, |_| Tier::Gpu).unwrap();
+    prefill(&mut kv, &mut sh, id(2), &b, 0, |_| Tier::Gpu).unwrap();
     kv.validate().unwrap();
     assert_eq!(kv.cached_blocks(Tier::Gpu), 0);
     assert_eq!(kv.cached_blocks(Tier::Host), LAYERS);
@@ -167,7 +169,7 @@ fn evicted_neighbours_are_demoted_as_one_copy_run() {
     let mut kv = BlockManager::new(layout(), 8 * LAYERS, 8 * LAYERS);
     let mut sh = Shadow::default();
     let a: Vec<u32> = (0..32).collect();
-    prefill(&mut kv, &mut sh, id(1), &a, |_| Tier::Gpu).unwrap();
+    prefill(&mut kv, &mut sh, id(1), &a, 0, |_| Tier::Gpu).unwrap();
     kv.free(id(1)).unwrap();
     // Layer 0 of a new sequence takes the 8 least recently cached: the last positions of
     // every layer (LRU evicts chain tails on every layer first). Taken as one batch and in
@@ -205,12 +207,13 @@ fn a_lost_cache_is_dropped_without_demotion() {
     let mut kv = BlockManager::new(layout(), 64, 64);
     let mut sh = Shadow::default();
     let a: Vec<u32> = (0..8).collect();
-    prefill(&mut kv, &mut sh, id(1), &a, |_| Tier::Gpu).unwrap();
+    prefill(&mut kv, &mut sh, id(1), &a, 0, |_| Tier::Gpu).unwrap();
     prefill(
         &mut kv,
         &mut sh,
         id(2),
         &(50..58).collect::<Vec<_>>(),
+        0,
         |l| {
             if l == 1 { Tier::Host } else { Tier::Gpu }
         },
@@ -237,7 +240,7 @@ fn offload_and_reload_move_data_and_keys() {
     let mut kv = BlockManager::new(layout(), 16, 16);
     let mut sh = Shadow::default();
     let p: Vec<u32> = (0..9).collect();
-    prefill(&mut kv, &mut sh, id(1), &p, |_| Tier::Gpu).unwrap();
+    prefill(&mut kv, &mut sh, id(1), &p, 0, |_| Tier::Gpu).unwrap();
     assert_eq!(kv.move_layer(id(1), 1, Tier::Host), Ok(3));
     sh.apply(&kv.poll_copies());
     assert!(!kv.is_resident(id(1), 1));
@@ -289,6 +292,7 @@ enum Op {
         shared: usize,
         tail: Vec<u32>,
         host_mask: u8,
+        growth: usize,
     },
     Append {
         seq: u64,
@@ -317,13 +321,15 @@ fn op() -> impl Strategy<Value = Op> {
             0u64..6,
             0usize..14,
             prop::collection::vec(0u32..4, 0..9),
-            any::<u8>()
+            any::<u8>(),
+            0usize..12,
         )
-            .prop_map(|(seq, shared, tail, host_mask)| Op::Admit {
+            .prop_map(|(seq, shared, tail, host_mask, growth)| Op::Admit {
                 seq,
                 shared,
                 tail,
-                host_mask
+                host_mask,
+                growth,
             }),
         (0u64..6, 1usize..7).prop_map(|(seq, n)| Op::Append { seq, n }),
         (0u64..6, 0usize..LAYERS).prop_map(|(seq, layer)| Op::Offload { seq, layer }),
@@ -345,12 +351,12 @@ proptest! {
         let common: Vec<u32> = (1000..1014).collect();
         for op in ops {
             match op {
-                Op::Admit { seq, shared, tail, host_mask } => {
+                Op::Admit { seq, shared, tail, host_mask, growth } => {
                     if tokens.contains_key(&seq) { continue; }
                     let mut p = common[..shared].to_vec();
                     p.extend(tail);
                     if p.is_empty() { p.push(7); }
-                    if prefill(&mut kv, &mut sh, id(seq), &p, |l| {
+                    if prefill(&mut kv, &mut sh, id(seq), &p, growth, |l| {
                         if host_mask >> l & 1 == 1 { Tier::Host } else { Tier::Gpu }
                     }).is_ok() {
                         tokens.insert(seq, p);

@@ -64,6 +64,33 @@ impl BlockManager {
                     *uses.entry(*b).or_default() += 1;
                 }
             }
+            for (layer, spare) in s.spare.iter().enumerate() {
+                if spare.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(InvariantError::Seq {
+                        seq: id.to_string(),
+                        detail: format!("layer {layer}'s spare blocks are not in index order"),
+                    });
+                }
+                for &index in spare {
+                    let b = BlockId {
+                        tier: Tier::Host,
+                        index,
+                    };
+                    *uses.entry(b).or_default() += 1;
+                }
+            }
+        }
+        let spares: usize = self
+            .seqs
+            .values()
+            .flat_map(|s| &s.spare)
+            .map(Vec::len)
+            .sum();
+        if spares != self.spare_count {
+            return Err(InvariantError::Accounting {
+                tier: Tier::Host,
+                detail: format!("{spares} spare blocks held, {} counted", self.spare_count),
+            });
         }
         for tier in Tier::ALL {
             let pool = &self.pools[tier.index()];

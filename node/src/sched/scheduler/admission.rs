@@ -252,6 +252,8 @@ impl Scheduler {
     ) -> Option<usize> {
         kv.register(s, salt).ok()?;
         let result = (|| {
+            // Host layers hold spare blocks for the tokens the request may still produce.
+            kv.expect_tokens(s, prompt.len() + self.seqs[&s].req.max_tokens)?;
             let hit = kv.attach_prefix(s, prompt)?;
             for (l, &off) in offloaded.iter().enumerate() {
                 if off {
