@@ -10,7 +10,8 @@
 //! sequence is expected to grow into (up to [`MAX_SPARE_BLOCKS`], from free blocks only), in
 //! index order right behind them, and grows into those first. Spare blocks are owned by their
 //! sequence but in no table. They still count as available: an allocation that finds no free
-//! or evictable block takes them back, so spares never make an allocation fail.
+//! or evictable block takes them back, so spares never make an allocation fail. Demotions of
+//! GPU cache to the host do not take them back (cache is kept where there is room, not made).
 
 use super::layout::{BlockId, Tier};
 use super::manager::{BlockManager, KvError};
