@@ -8,11 +8,19 @@
 # Optional binaries in .dev/, each timed in the same call as the new one:
 #   strata-old  an older revision: decode and prefill side by side (`bench gpu`)
 #   strata-a    another revision: the engine bench's layer-wise mode under the profile just fitted
-# About 6 minutes on an H200 with both; each step has its own time limit. SKIP_BENCH_GPU=1 leaves
-# out `bench gpu` (a second run on the same card, for the engine alone).
+#   strata-b    a third, the same way
+# TRACE=1 then runs scripts/device/trace-engine.sh under that profile. The A/B runs' JSON and the
+# trace come back together as $OUT/extra.tar. About 6 minutes on an H200 with strata-old and
+# strata-a; each step has its own time limit, and a step that would end after BUDGET_S seconds
+# (default 570) is left out. SKIP_BENCH_GPU=1 leaves out `bench gpu` (a second run on the same
+# card, for the engine alone).
 set -uo pipefail
 for f in .dev/*.gz .dev/t/*.gz; do [ -e "$f" ] && gunzip -f "$f" && chmod +x "${f%.gz}"; done
-S=./.dev/strata; O=./.dev/strata-old; A=./.dev/strata-a
+S=./.dev/strata; O=./.dev/strata-old
+BUDGET_S=${BUDGET_S:-570}
+fits() { [ $((SECONDS + $1)) -le "$BUDGET_S" ] || { echo "== left out (would end after ${BUDGET_S} s): $2"; false; }; }
+X=/tmp/extra; mkdir -p $X
+pack_extra() { tar -C $X -cf $OUT/extra.tar . ; }
 G=$OUT/bench-gpu.log
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv | tee $G
 export STRATA_REQUIRE_GPU=1
@@ -34,8 +42,17 @@ if [ -x $O ]; then
   timeout 60 $O bench gpu --prefill 1024 --decode-batch 1,32,128 --transfer-mib 16 --offload-prompt 512 \
     --repeats 5 2>&1 | grep -v '\[' | tee -a $G | grep -E "^(decode| +[0-9]+ +4096|peaks)" | head -n 6
 fi
-if [ -x $A ] && [ -s $OUT/h200-llama-3-8b.toml ]; then
-  echo "== $A, layer-wise under the profile fitted above"
+for A in ./.dev/strata-a ./.dev/strata-b; do
+  [ -x $A ] && [ -s $OUT/h200-llama-3-8b.toml ] && fits 100 "$A" || continue
+  n=$(basename $A)
+  echo "== $A, layer-wise under the profile fitted above" | tee -a $OUT/engine-ab.log
   timeout 100 $A bench engine --executor cuda --model llama-3-8b --modes layerwise \
-    --profile $OUT/h200-llama-3-8b.toml --json $OUT/engine-a.json 2>&1 | grep -v '\[' | tail -n 8 | tee $OUT/engine-a.log
+    --profile $OUT/h200-llama-3-8b.toml --json $X/engine-${n#strata-}.json 2>&1 | grep -v '\[' | tail -n 8 | tee -a $OUT/engine-ab.log
+  pack_extra
+done
+if [ -n "${TRACE:-}" ] && [ -s $OUT/h200-llama-3-8b.toml ] && fits 150 "the traced run"; then
+  OUT=$X bash scripts/device/trace-engine.sh $OUT/h200-llama-3-8b.toml
+  cat $X/bench-engine.log >> $OUT/bench-engine.log
+  rm -f $X/bench-engine.log
+  pack_extra
 fi
