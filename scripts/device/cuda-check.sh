@@ -10,8 +10,9 @@
 #   strata-a    another revision: the engine bench's layer-wise mode under the profile just fitted
 #   strata-b    a third, the same way
 # TRACE=1 then runs scripts/device/trace-engine.sh under that profile. The A/B runs' JSON and the
-# trace come back together as $OUT/extra.tar. About 6 minutes on an H200 with strata-old and
-# strata-a; each step has its own time limit, and a step that would end after BUDGET_S seconds
+# trace come back together as $OUT/extra.tar. Each step has its own time limit: on an H100 the
+# engine bench with its calibration ran past 200 s and a layer-wise run past 100 s, and tests,
+# engine bench and three layer-wise runs took more than 500 s in all, and a step that would end after BUDGET_S seconds
 # (default 570) is left out. SKIP_BENCH_GPU=1 leaves out `bench gpu` (a second run on the same
 # card, for the engine alone).
 set -uo pipefail
@@ -34,7 +35,7 @@ if [ -z "${SKIP_BENCH_GPU:-}" ]; then
   timeout 150 $S bench gpu --repeats 5 --json $OUT/bench-gpu.json 2>&1 | grep -v '\[' | tee -a $G | tail -n 34 | head -n 24
 fi
 if [ $ok = 1 ]; then
-  timeout 200 $S bench engine --executor cuda --model llama-3-8b --save-profile $OUT/h200-llama-3-8b.toml \
+  timeout 330 $S bench engine --executor cuda --model llama-3-8b --save-profile $OUT/h200-llama-3-8b.toml \
     --json $OUT/bench-engine.json 2>&1 | grep -v '\[' | tail -n 12 | tee $OUT/bench-engine.log
 fi
 if [ -x $O ]; then
@@ -43,10 +44,10 @@ if [ -x $O ]; then
     --repeats 5 2>&1 | grep -v '\[' | tee -a $G | grep -E "^(decode| +[0-9]+ +4096|peaks)" | head -n 6
 fi
 for A in ./.dev/strata-a ./.dev/strata-b; do
-  [ -x $A ] && [ -s $OUT/h200-llama-3-8b.toml ] && fits 100 "$A" || continue
+  [ -x $A ] && [ -s $OUT/h200-llama-3-8b.toml ] && fits 140 "$A" || continue
   n=$(basename $A)
   echo "== $A, layer-wise under the profile fitted above" | tee -a $OUT/engine-ab.log
-  timeout 100 $A bench engine --executor cuda --model llama-3-8b --modes layerwise \
+  timeout 140 $A bench engine --executor cuda --model llama-3-8b --modes layerwise \
     --profile $OUT/h200-llama-3-8b.toml --json $X/engine-${n#strata-}.json 2>&1 | grep -v '\[' | tail -n 8 | tee -a $OUT/engine-ab.log
   pack_extra
 done
