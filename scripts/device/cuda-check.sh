@@ -11,9 +11,9 @@
 #   strata-b    a third, the same way
 # TRACE=1 then runs scripts/device/trace-engine.sh under that profile. The A/B runs' JSON and the
 # trace come back together as $OUT/extra.tar. Each step has its own time limit: on an H100 the
-# engine bench with its calibration ran past 200 s and a layer-wise run past 100 s, and tests,
-# engine bench and three layer-wise runs took more than 500 s in all, and a step that would end after BUDGET_S seconds
-# (default 570) is left out. SKIP_BENCH_GPU=1 leaves out `bench gpu` (a second run on the same
+# engine bench with its calibration ran past 200 s and a layer-wise run past 100 s; tests, engine
+# bench and three layer-wise runs took more than 500 s in all. A step that would end after
+# BUDGET_S seconds (default 570) is left out. SKIP_BENCH_GPU=1 leaves out `bench gpu` (a second run on the same
 # card, for the engine alone).
 set -uo pipefail
 for f in .dev/*.gz .dev/t/*.gz; do [ -e "$f" ] && gunzip -f "$f" && chmod +x "${f%.gz}"; done
