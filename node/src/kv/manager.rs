@@ -273,10 +273,10 @@ impl BlockManager {
     // ---- allocation -----------------------------------------------------------------------
 
     /// Takes `n` blocks on `tier` at once, in index order: free blocks first (lowest index
-    /// first), then the least recently cached, then (on the host) spare blocks. GPU victims are demoted to host blocks taken
-    /// together, both sides in index order, so victims that were neighbours (a finished
-    /// sequence's layer) move as one copy run instead of one copy per block. Nothing is taken
-    /// when fewer than `n` are free or evictable.
+    /// first), then the least recently cached, then (on the host) spare blocks. GPU victims are
+    /// demoted to host blocks taken together, both sides in index order, so victims that were
+    /// neighbours (a finished sequence's layer) move as one copy run instead of one copy per
+    /// block. Nothing is taken when fewer than `n` are available.
     pub(crate) fn take_many(&mut self, tier: Tier, n: usize) -> Result<Vec<BlockId>, KvError> {
         self.check_available(tier, n)?;
         let pool = &mut self.pools[tier.index()];

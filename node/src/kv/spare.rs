@@ -95,13 +95,17 @@ impl BlockManager {
         let Some(s) = self.seqs.get_mut(&seq) else {
             return;
         };
-        let spare = std::mem::take(&mut s.spare[layer]);
-        self.spare_count -= spare.len();
-        for index in spare {
-            let stamp = self.next_stamp();
-            let released = self.pools[Tier::Host.index()].release(index, stamp);
-            debug_assert_eq!(released, Released::Freed, "a spare block is unkeyed");
+        for index in std::mem::take(&mut s.spare[layer]) {
+            self.free_spare_block(index);
         }
+    }
+
+    /// Returns one spare block, already out of its layer's list, to the pool's free blocks.
+    fn free_spare_block(&mut self, index: u32) {
+        self.spare_count -= 1;
+        let stamp = self.next_stamp();
+        let released = self.pools[Tier::Host.index()].release(index, stamp);
+        debug_assert_eq!(released, Released::Freed, "a spare block is unkeyed");
     }
 
     /// Frees up to `n` spare blocks, each layer's highest first, from the highest sequence id
@@ -125,9 +129,7 @@ impl BlockManager {
                 let Some(index) = self.seqs.get_mut(&id).and_then(|s| s.spare[l].pop()) else {
                     break;
                 };
-                self.spare_count -= 1;
-                let stamp = self.next_stamp();
-                self.pools[Tier::Host.index()].release(index, stamp);
+                self.free_spare_block(index);
                 done += 1;
             }
         }

@@ -23,6 +23,12 @@ fn id(n: u64) -> SeqId {
     RequestId(n)
 }
 
+/// Registers sequence `n`, expected to reach `tokens` tokens.
+fn expecting(kv: &mut BlockManager, n: u64, tokens: usize) {
+    kv.register(id(n), 0).unwrap();
+    kv.expect_tokens(id(n), tokens).unwrap();
+}
+
 /// Runs of consecutive indices in a table.
 fn runs(table: &[BlockId]) -> usize {
     1 + table
@@ -34,8 +40,7 @@ fn runs(table: &[BlockId]) -> usize {
 /// Two sequences with every layer on the host decode side by side, a token at a time.
 fn decode_side_by_side(kv: &mut BlockManager, expect: usize) {
     for s in [1, 2] {
-        kv.register(id(s), 0).unwrap();
-        kv.expect_tokens(id(s), expect).unwrap();
+        expecting(kv, s, expect);
         for l in 0..LAYERS {
             kv.grow(id(s), l, 8, Tier::Host).unwrap();
         }
@@ -72,8 +77,7 @@ fn a_growing_host_layer_stays_one_run() {
 #[test]
 fn spares_count_as_available_and_are_taken_back() {
     let mut kv = manager(8, 12);
-    kv.register(id(1), 0).unwrap();
-    kv.expect_tokens(id(1), 100).unwrap();
+    expecting(&mut kv, 1, 100);
     kv.grow(id(1), 0, 4, Tier::Host).unwrap();
     // One block in the table, the other 11 spare: all of them still available.
     assert_eq!(kv.spare_blocks(), 11);
@@ -105,8 +109,7 @@ fn spares_count_as_available_and_are_taken_back() {
 #[test]
 fn spares_leave_with_their_layer() {
     let mut kv = manager(16, 16);
-    kv.register(id(1), 0).unwrap();
-    kv.expect_tokens(id(1), 32).unwrap();
+    expecting(&mut kv, 1, 32);
     kv.grow(id(1), 0, 8, Tier::Gpu).unwrap();
     kv.grow(id(1), 1, 8, Tier::Gpu).unwrap();
     // Offloading a layer takes its blocks and the growth behind them.
@@ -126,8 +129,7 @@ fn spares_leave_with_their_layer() {
 #[test]
 fn a_host_grow_that_cannot_be_had_changes_nothing() {
     let mut kv = manager(4, 6);
-    kv.register(id(1), 0).unwrap();
-    kv.expect_tokens(id(1), 24).unwrap();
+    expecting(&mut kv, 1, 24);
     kv.grow(id(1), 0, 4, Tier::Host).unwrap();
     assert_eq!(kv.spare_blocks(), 5);
     let before = format!("{kv:?}");
