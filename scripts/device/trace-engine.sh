@@ -2,8 +2,9 @@
 # Where a layer-wise engine run's step time goes on the GPU: runs `strata bench engine --executor
 # cuda --modes layerwise` under a cost profile with STRATA_CUDA_TRACE=1 and summarizes the trace
 # by kind of step (streamed decode, decode only, with a prefill): how long the host took to queue
-# a step and how much longer the GPU took. Run after scripts/device/cuda-check.sh in the same
-# device call (it unpacks .dev/strata):
+# a step and how much longer the GPU took, how long compute waited for copies and staging, and
+# how busy the stage-in stream was (node/src/exec/cuda/trace.rs says what each field measures).
+# Run after scripts/device/cuda-check.sh in the same device call (it unpacks .dev/strata):
 #   bash scripts/device/trace-engine.sh PROFILE
 # Writes $OUT/engine-trace.log.gz (one line a step) and appends the summary to $OUT/bench-engine.log.
 set -uo pipefail
@@ -20,13 +21,19 @@ awk '
     # A step with a prefill (more rows than items) counts as one even when it stages layers.
     kind = f["rows"] > f["items"] ? "prefill" : (f["staged_layers"] > 0 ? "streamed" : "decode")
     n[kind]++; q[kind] += f["queued_us"]; g[kind] += f["gpu_us"]; r[kind] += f["stage_in_runs"]
-    c[kind] += f["plan_copies"]
+    c[kind] += f["plan_copies"]; e[kind] += f["entry_wait_us"]; st[kind] += f["stall_us"]
+    ib[kind] += f["in_busy_us"]; is[kind] += f["in_span_us"]; by[kind] += f["in_bytes"]
     if (f["gpu_us"] < 200) starved[kind]++
   }
   END {
-    printf "%-9s %6s %12s %12s %12s %10s %12s\n", "kind", "steps", "queue ms/st", "gpu ms/st", "total s", "runs/st", "copies/st"
+    printf "%-9s %6s %9s %9s %9s %8s %9s\n", "kind", "steps", "queue ms", "gpu ms", "total s", "runs", "copies"
     for (k in n)
-      printf "%-9s %6d %12.3f %12.3f %12.2f %10.1f %12.1f   (%d steps with the GPU done < 0.2 ms after queuing)\n",
+      printf "%-9s %6d %9.3f %9.3f %9.2f %8.1f %9.1f   (%d steps with the GPU done < 0.2 ms after queuing)\n",
         k, n[k], q[k] / n[k] / 1e3, g[k] / n[k] / 1e3, (q[k] + g[k]) / 1e6, r[k] / n[k], c[k] / n[k], starved[k]
+    print "per step, ms: compute held at entry / inside the step; stage-in copying / first start to last end; stage-in GB/s"
+    printf "%-9s %9s %9s %9s %9s %9s\n", "kind", "entry", "stall", "in busy", "in span", "in GB/s"
+    for (k in n)
+      printf "%-9s %9.3f %9.3f %9.3f %9.3f %9.1f\n", k, e[k] / n[k] / 1e3, st[k] / n[k] / 1e3,
+        ib[k] / n[k] / 1e3, is[k] / n[k] / 1e3, (ib[k] > 0 ? by[k] / ib[k] / 1e3 : 0)
   }' $T | tee -a $OUT/bench-engine.log
 gzip -9 $T

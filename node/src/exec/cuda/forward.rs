@@ -24,6 +24,7 @@ use super::driver::{DeviceBuf, Event, PinnedBuf, Stream, dev};
 use super::gemm::{Blas, Out};
 use super::kernels::{DECODE_TILE, GEMV_ROWS, ItemMeta, Kernels, PREFILL_ROWS, STAGED};
 use super::kv::KvMemory;
+use super::trace::StepTrace;
 use super::weights::DeviceWeights;
 use super::workspace::Workspace;
 use crate::exec::{ExecError, StepOutput};
@@ -127,8 +128,8 @@ pub(crate) struct Gpu {
     pub(crate) dims: Dims,
     /// When the current step began (`STRATA_CUDA_TRACE` reports host enqueue time against it).
     pub(crate) step_started: std::time::Instant,
-    /// `STRATA_CUDA_TRACE` was set at start: report each step's enqueue and GPU time.
-    pub(crate) trace: bool,
+    /// `STRATA_CUDA_TRACE` was set at start: timing events, and one line a step on stderr.
+    pub(crate) trace: Option<StepTrace>,
     /// A pipeline stage that does not start at layer 0 takes activations, not token ids.
     pub(crate) embeds: bool,
     /// A pipeline stage that does not end at the last layer returns activations, not tokens.
@@ -337,6 +338,9 @@ impl Gpu {
         hidden: Option<&[f32]>,
     ) -> Result<(StepOutput, Option<Vec<f32>>), ExecError> {
         self.step_started = std::time::Instant::now();
+        if let Some(t) = self.trace.as_mut() {
+            t.step_begins(&self.compute)?;
+        }
         let d = self.dims;
         let bt = d.block_tokens;
         // The plan copies keep their order across steps, after the last step's staging (its
@@ -370,6 +374,9 @@ impl Gpu {
         {
             self.compute.wait(&self.ev.tail_stage)?;
             self.stage_in.wait(&self.ev.tail_stage)?;
+        }
+        if let Some(t) = self.trace.as_mut() {
+            t.entry_passed(&self.compute)?;
         }
         let mut out = StepOutput {
             transfer_bytes: self.run_copies(plan)?,
@@ -522,6 +529,10 @@ impl Gpu {
 
             let staged = slots[l].iter().any(Option::is_some);
             staged_layers[l] = staged;
+            let traced_wait = staged || self.copy_wait[l];
+            if let Some(t) = self.trace.as_mut().filter(|_| traced_wait) {
+                t.layer_wait(l, c, false)?;
+            }
             if staged {
                 let mut ins = Vec::new();
                 for (item, slot) in items.iter().zip(&slots[l]) {
@@ -544,7 +555,14 @@ impl Gpu {
                         self.stage_in.wait(&self.ev.copied[l])?;
                     }
                     stage_in_runs += ins.len();
-                    out.transfer_bytes += self.kv.issue(&self.stage_in, &ins)?;
+                    if let Some(t) = self.trace.as_mut() {
+                        t.stage_in(l, &self.stage_in, None)?;
+                    }
+                    let bytes = self.kv.issue(&self.stage_in, &ins)?;
+                    out.transfer_bytes += bytes;
+                    if let Some(t) = self.trace.as_mut() {
+                        t.stage_in(l, &self.stage_in, Some(bytes))?;
+                    }
                     self.ev.input[l].record(&self.stage_in)?;
                     c.wait(&self.ev.input[l])?;
                 }
@@ -552,6 +570,9 @@ impl Gpu {
             if self.copy_wait[l] {
                 // A plan copy reads or writes one of this layer's blocks (see run_copies).
                 c.wait(&self.ev.copied[l])?;
+            }
+            if let Some(t) = self.trace.as_mut().filter(|_| traced_wait) {
+                t.layer_wait(l, c, true)?;
             }
             let table_l = m(o_table) + (l * per_layer * 4) as u64;
             let staging = self.kv.staging[l % 2].ptr();
@@ -693,17 +714,24 @@ impl Gpu {
         self.record_tails()?;
         let queued = std::time::Instant::now();
         c.sync("running the step")?;
-        if self.trace {
-            // One line a step, in fields a script can read: the host's time to queue the step
-            // and how much longer the GPU took, in microseconds.
+        if let Some(t) = &self.trace {
+            // One line a step (see `trace`): the host's time to queue the step and how much
+            // longer the GPU took, then what the timing events measured, in microseconds.
+            let gpu_us = queued.elapsed().as_micros();
+            let f = t.figures()?;
             eprintln!(
                 "cuda step: rows={rows} items={} staged_layers={} stage_in_runs={stage_in_runs} \
-                 plan_copies={} queued_us={} gpu_us={}",
+                 plan_copies={} queued_us={} gpu_us={gpu_us} entry_wait_us={:.0} \
+                 stall_us={:.0} in_busy_us={:.0} in_span_us={:.0} in_bytes={}",
                 items.len(),
                 staged_layers.iter().filter(|&&s| s).count(),
                 plan.copies.len(),
                 (queued - self.step_started).as_micros(),
-                queued.elapsed().as_micros()
+                f.entry_wait_us,
+                f.stall_us,
+                f.in_busy_us,
+                f.in_span_us,
+                f.in_bytes,
             );
         }
 

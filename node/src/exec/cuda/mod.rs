@@ -21,6 +21,7 @@ mod gemm;
 mod kernels;
 mod kv;
 mod peaks;
+mod trace;
 mod weights;
 mod workspace;
 
@@ -258,7 +259,7 @@ impl CudaExecutor {
             in_flight: Default::default(),
             dims,
             step_started: Instant::now(),
-            trace: std::env::var_os("STRATA_CUDA_TRACE").is_some(),
+            trace: trace::StepTrace::from_env(cfg.num_layers)?,
             embeds: true,
             samples: true,
             compute,
