@@ -23,6 +23,7 @@ awk '
     n[kind]++; q[kind] += f["queued_us"]; g[kind] += f["gpu_us"]; r[kind] += f["stage_in_runs"]
     c[kind] += f["plan_copies"]; e[kind] += f["entry_wait_us"]; st[kind] += f["stall_us"]
     ib[kind] += f["in_busy_us"]; is[kind] += f["in_span_us"]; by[kind] += f["in_bytes"]
+    ob[kind] += f["out_busy_us"]
     if (f["gpu_us"] < 200) starved[kind]++
   }
   END {
@@ -30,10 +31,10 @@ awk '
     for (k in n)
       printf "%-9s %6d %9.3f %9.3f %9.2f %8.1f %9.1f   (%d steps with the GPU done < 0.2 ms after queuing)\n",
         k, n[k], q[k] / n[k] / 1e3, g[k] / n[k] / 1e3, (q[k] + g[k]) / 1e6, r[k] / n[k], c[k] / n[k], starved[k]
-    print "per step, ms: compute held at entry / inside the step; stage-in copying / first start to last end; stage-in GB/s"
-    printf "%-9s %9s %9s %9s %9s %9s\n", "kind", "entry", "stall", "in busy", "in span", "in GB/s"
+    print "per step, ms: compute held at entry / inside the step; stage-in copying / first start to last end; stage-in GB/s; stage-out time"
+    printf "%-9s %9s %9s %9s %9s %9s %9s\n", "kind", "entry", "stall", "in busy", "in span", "in GB/s", "out busy"
     for (k in n)
-      printf "%-9s %9.3f %9.3f %9.3f %9.3f %9.1f\n", k, e[k] / n[k] / 1e3, st[k] / n[k] / 1e3,
-        ib[k] / n[k] / 1e3, is[k] / n[k] / 1e3, (ib[k] > 0 ? by[k] / ib[k] / 1e3 : 0)
+      printf "%-9s %9.3f %9.3f %9.3f %9.3f %9.1f %9.3f\n", k, e[k] / n[k] / 1e3, st[k] / n[k] / 1e3,
+        ib[k] / n[k] / 1e3, is[k] / n[k] / 1e3, (ib[k] > 0 ? by[k] / ib[k] / 1e3 : 0), ob[k] / n[k] / 1e3
   }' $T | tee -a $OUT/bench-engine.log
 gzip -9 $T

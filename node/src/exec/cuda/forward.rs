@@ -636,7 +636,13 @@ impl Gpu {
                         outs.extend(self.kv.staging_runs(l, s0 + first, blocks, true));
                     }
                 }
+                if let Some(t) = self.trace.as_mut() {
+                    t.stage_out(l, &self.stage_out, false)?;
+                }
                 out.transfer_bytes += self.kv.issue(&self.stage_out, &outs)?;
+                if let Some(t) = self.trace.as_mut() {
+                    t.stage_out(l, &self.stage_out, true)?;
+                }
                 self.ev.out[l].record(&self.stage_out)?;
             }
             self.linear(
@@ -722,7 +728,7 @@ impl Gpu {
             eprintln!(
                 "cuda step: rows={rows} items={} staged_layers={} stage_in_runs={stage_in_runs} \
                  plan_copies={} queued_us={} gpu_us={gpu_us} entry_wait_us={:.0} \
-                 stall_us={:.0} in_busy_us={:.0} in_span_us={:.0} in_bytes={}",
+                 stall_us={:.0} in_busy_us={:.0} in_span_us={:.0} in_bytes={} out_busy_us={:.0}",
                 items.len(),
                 staged_layers.iter().filter(|&&s| s).count(),
                 plan.copies.len(),
@@ -732,6 +738,7 @@ impl Gpu {
                 f.in_busy_us,
                 f.in_span_us,
                 f.in_bytes,
+                f.out_busy_us,
             );
         }
 

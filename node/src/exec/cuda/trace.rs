@@ -9,7 +9,12 @@
 //! - `in_busy_us`, `in_span_us`, `in_bytes`: the stage-ins' summed copy time, the time from
 //!   the first stage-in's start to the last one's end, and their bytes (so `in_bytes /
 //!   in_busy_us` is the stage-in rate, and `in_span_us − in_busy_us` the time the stage-in
-//!   stream sat idle between the step's first and last stage-in).
+//!   stream sat idle between the step's first and last stage-in);
+//! - `out_busy_us`: the stage-outs' summed time from passing their wait for the layer's
+//!   attention to the end of their copies. They move one block per item and layer, so much
+//!   more than that block's copy time means they queued behind other device → host copies
+//!   (the plan's demotions) on the copy engine; a late stage-out holds the next stage-in of
+//!   its staging buffer, and compute with it.
 //!
 //! Timing events cost a little on every record, so they exist only when the variable is set.
 
@@ -23,8 +28,11 @@ pub(crate) struct StepTrace {
     wait: [Vec<Event>; 2],
     /// Per layer: the stage-in starts (its own waits passed), and ends.
     stage: [Vec<Event>; 2],
+    /// Per layer: the stage-out starts (its wait passed), and ends.
+    out: [Vec<Event>; 2],
     waited: Vec<bool>,
     staged: Vec<bool>,
+    outs: Vec<bool>,
     in_bytes: u64,
 }
 
@@ -36,6 +44,7 @@ pub(crate) struct TraceFigures {
     pub(crate) in_busy_us: f64,
     pub(crate) in_span_us: f64,
     pub(crate) in_bytes: u64,
+    pub(crate) out_busy_us: f64,
 }
 
 impl StepTrace {
@@ -53,8 +62,10 @@ impl StepTrace {
             entry: [Event::new(true)?, Event::new(true)?],
             wait: [v()?, v()?],
             stage: [v()?, v()?],
+            out: [v()?, v()?],
             waited: vec![false; layers],
             staged: vec![false; layers],
+            outs: vec![false; layers],
             in_bytes: 0,
         }))
     }
@@ -63,6 +74,7 @@ impl StepTrace {
     pub(crate) fn step_begins(&mut self, compute: &Stream) -> Result<(), ExecError> {
         self.waited.iter_mut().for_each(|w| *w = false);
         self.staged.iter_mut().for_each(|s| *s = false);
+        self.outs.iter_mut().for_each(|s| *s = false);
         self.in_bytes = 0;
         self.entry[0].record(compute)
     }
@@ -96,8 +108,19 @@ impl StepTrace {
         self.stage[usize::from(bytes.is_some())][l].record(stream)
     }
 
+    /// Layer `l`'s stage-out starts on `stream` (`done` is false) or has been issued there.
+    pub(crate) fn stage_out(
+        &mut self,
+        l: usize,
+        stream: &Stream,
+        done: bool,
+    ) -> Result<(), ExecError> {
+        self.outs[l] = true;
+        self.out[usize::from(done)][l].record(stream)
+    }
+
     /// Reads the step's events. Call after compute has synchronized: compute waited for every
-    /// stage-in, so all the events have completed.
+    /// stage-in, so all their events have completed; this waits for the last stage-outs.
     pub(crate) fn figures(&self) -> Result<TraceFigures, ExecError> {
         let us = |end: &Event, start: &Event| end.since(start).map(|ms| f64::from(ms) * 1e3);
         let mut f = TraceFigures {
@@ -114,6 +137,10 @@ impl StepTrace {
         }
         if let (Some(&first), Some(&last)) = (staged.first(), staged.last()) {
             f.in_span_us = us(&self.stage[1][last], &self.stage[0][first])?;
+        }
+        for l in (0..self.outs.len()).filter(|&l| self.outs[l]) {
+            self.out[1][l].sync()?;
+            f.out_busy_us += us(&self.out[1][l], &self.out[0][l])?;
         }
         Ok(f)
     }
