@@ -17,6 +17,7 @@ STRATA_CUDA_TRACE=1 timeout 150 $S bench engine --executor cuda --model llama-3-
 echo "== layer-wise under $profile, traced: $(grep -c "cuda step:" $T) steps" | tee -a $OUT/bench-engine.log
 awk '
   /cuda step:/ {
+    split("", f)
     for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
     # A step with a prefill (more rows than items) counts as one even when it stages layers.
     kind = f["rows"] > f["items"] ? "prefill" : (f["staged_layers"] > 0 ? "streamed" : "decode")
