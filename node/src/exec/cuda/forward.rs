@@ -22,7 +22,7 @@
 
 use super::driver::{DeviceBuf, Event, PinnedBuf, Stream, dev};
 use super::gemm::{Blas, Out};
-use super::kernels::{DECODE_TILE, GEMV_ROWS, ItemMeta, Kernels, PREFILL_ROWS, STAGED};
+use super::kernels::{DECODE_TILE, ItemMeta, Kernels, PREFILL_ROWS, STAGED};
 use super::kv::KvMemory;
 use super::trace::StepTrace;
 use super::weights::DeviceWeights;
@@ -165,7 +165,7 @@ impl Gpu {
         k: usize,
         accumulate: bool,
     ) -> Result<(), ExecError> {
-        if rows <= GEMV_ROWS && k.is_multiple_of(8) {
+        if self.k.gemv_fits(rows, k) {
             self.k.gemv_bf16(
                 &self.compute,
                 y,

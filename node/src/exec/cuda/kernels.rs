@@ -102,6 +102,8 @@ pub(crate) struct Kernels {
     pub(crate) sms: usize,
     /// Programmatic dependent launch (sm_90+) for the decode chain's kernels.
     early: bool,
+    /// The most rows a step computes with the GEMV kernels; more go through cuBLAS.
+    gemv_rows: usize,
 }
 
 // SAFETY: module and function handles are usable from any thread with the context current.
@@ -207,12 +209,32 @@ impl Kernels {
             norm_smem_max,
             sms: limits.sms,
             early: arch.0 >= 9,
+            gemv_rows: gemv_rows_from_env()?,
         })
+    }
+
+    /// Whether `gemv_bf16` takes `rows` rows of `k` (else cuBLAS computes the product).
+    pub(crate) fn gemv_fits(&self, rows: usize, k: usize) -> bool {
+        rows <= self.gemv_rows && k.is_multiple_of(8)
     }
 
     /// Whether `gemv_rms` and `gemv_rms_swiglu` take `rows` rows of `k` (its normalized rows fit in shared memory).
     pub(crate) fn norm_gemv_fits(&self, rows: usize, k: usize) -> bool {
-        rows <= GEMV_ROWS && k.is_multiple_of(8) && rows * k * 2 <= self.norm_smem_max
+        self.gemv_fits(rows, k) && rows * k * 2 <= self.norm_smem_max
+    }
+}
+
+/// `STRATA_GEMV_ROWS` (0 to [`GEMV_ROWS`], default [`GEMV_ROWS`]): the most rows a step computes
+/// with the GEMV kernels, for measuring them against cuBLAS at small batches.
+fn gemv_rows_from_env() -> Result<usize, ExecError> {
+    match std::env::var("STRATA_GEMV_ROWS") {
+        Err(_) => Ok(GEMV_ROWS),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n <= GEMV_ROWS => Ok(n),
+            _ => Err(ExecError::Device(format!(
+                "STRATA_GEMV_ROWS={v:?}: expected a number of rows from 0 to {GEMV_ROWS}"
+            ))),
+        },
     }
 }
 
