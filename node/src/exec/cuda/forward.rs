@@ -375,7 +375,7 @@ impl Gpu {
             self.compute.wait(&self.ev.tail_stage)?;
             self.stage_in.wait(&self.ev.tail_stage)?;
         }
-        if let Some(t) = self.trace.as_mut() {
+        if let Some(t) = &self.trace {
             t.entry_passed(&self.compute)?;
         }
         let mut out = StepOutput {
@@ -531,7 +531,7 @@ impl Gpu {
             staged_layers[l] = staged;
             let traced_wait = staged || self.copy_wait[l];
             if let Some(t) = self.trace.as_mut().filter(|_| traced_wait) {
-                t.layer_wait(l, c, false)?;
+                t.layer_waits(l, c)?;
             }
             if staged {
                 let mut ins = Vec::new();
@@ -556,12 +556,12 @@ impl Gpu {
                     }
                     stage_in_runs += ins.len();
                     if let Some(t) = self.trace.as_mut() {
-                        t.stage_in(l, &self.stage_in, None)?;
+                        t.stage_in_starts(l, &self.stage_in)?;
                     }
                     let bytes = self.kv.issue(&self.stage_in, &ins)?;
                     out.transfer_bytes += bytes;
                     if let Some(t) = self.trace.as_mut() {
-                        t.stage_in(l, &self.stage_in, Some(bytes))?;
+                        t.stage_in_issued(l, &self.stage_in, bytes)?;
                     }
                     self.ev.input[l].record(&self.stage_in)?;
                     c.wait(&self.ev.input[l])?;
@@ -571,8 +571,8 @@ impl Gpu {
                 // A plan copy reads or writes one of this layer's blocks (see run_copies).
                 c.wait(&self.ev.copied[l])?;
             }
-            if let Some(t) = self.trace.as_mut().filter(|_| traced_wait) {
-                t.layer_wait(l, c, true)?;
+            if let Some(t) = self.trace.as_ref().filter(|_| traced_wait) {
+                t.layer_waited(l, c)?;
             }
             let table_l = m(o_table) + (l * per_layer * 4) as u64;
             let staging = self.kv.staging[l % 2].ptr();
@@ -637,11 +637,11 @@ impl Gpu {
                     }
                 }
                 if let Some(t) = self.trace.as_mut() {
-                    t.stage_out(l, &self.stage_out, false)?;
+                    t.stage_out_starts(l, &self.stage_out)?;
                 }
                 out.transfer_bytes += self.kv.issue(&self.stage_out, &outs)?;
-                if let Some(t) = self.trace.as_mut() {
-                    t.stage_out(l, &self.stage_out, true)?;
+                if let Some(t) = &self.trace {
+                    t.stage_out_issued(l, &self.stage_out)?;
                 }
                 self.ev.out[l].record(&self.stage_out)?;
             }

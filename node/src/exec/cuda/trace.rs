@@ -21,18 +21,67 @@
 use super::driver::{Event, Stream};
 use crate::exec::ExecError;
 
+/// Per layer, an optional span on one stream: an event where it starts and one where it ends.
+struct Spans {
+    start: Vec<Event>,
+    end: Vec<Event>,
+    used: Vec<bool>,
+}
+
+impl Spans {
+    fn new(n: usize) -> Result<Spans, ExecError> {
+        let v = || {
+            (0..n)
+                .map(|_| Event::new(true))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Spans {
+            start: v()?,
+            end: v()?,
+            used: vec![false; n],
+        })
+    }
+
+    fn clear(&mut self) {
+        self.used.iter_mut().for_each(|u| *u = false);
+    }
+
+    fn start(&mut self, i: usize, stream: &Stream) -> Result<(), ExecError> {
+        self.used[i] = true;
+        self.start[i].record(stream)
+    }
+
+    fn end(&self, i: usize, stream: &Stream) -> Result<(), ExecError> {
+        self.end[i].record(stream)
+    }
+
+    fn used(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.used.len()).filter(|&i| self.used[i])
+    }
+
+    /// Microseconds from `start[a]` to `end[b]`.
+    fn us(&self, a: usize, b: usize) -> Result<f64, ExecError> {
+        self.end[b]
+            .since(&self.start[a])
+            .map(|ms| f64::from(ms) * 1e3)
+    }
+
+    /// The spans' summed length, in microseconds.
+    fn total_us(&self) -> Result<f64, ExecError> {
+        self.used().map(|i| self.us(i, i)).sum()
+    }
+}
+
 /// The timing events of one step (see the module doc).
 pub(crate) struct StepTrace {
-    entry: [Event; 2],
-    /// Per layer: compute reaches the layer's waits, and passes them.
-    wait: [Vec<Event>; 2],
-    /// Per layer: the stage-in starts (its own waits passed), and ends.
-    stage: [Vec<Event>; 2],
-    /// Per layer: the stage-out starts (its wait passed), and ends.
-    out: [Vec<Event>; 2],
-    waited: Vec<bool>,
-    staged: Vec<bool>,
-    outs: Vec<bool>,
+    /// Compute at the step's entry waits (one span).
+    entry: Spans,
+    /// Per layer: compute from reaching the layer's waits to passing them.
+    wait: Spans,
+    /// Per layer: the stage-in from passing its own waits to the end of its copies.
+    stage_in: Spans,
+    /// Per layer: the stage-out from passing its wait to the end of its copies.
+    stage_out: Spans,
     in_bytes: u64,
 }
 
@@ -53,95 +102,84 @@ impl StepTrace {
         if std::env::var_os("STRATA_CUDA_TRACE").is_none() {
             return Ok(None);
         }
-        let v = || {
-            (0..layers)
-                .map(|_| Event::new(true))
-                .collect::<Result<Vec<_>, _>>()
-        };
         Ok(Some(StepTrace {
-            entry: [Event::new(true)?, Event::new(true)?],
-            wait: [v()?, v()?],
-            stage: [v()?, v()?],
-            out: [v()?, v()?],
-            waited: vec![false; layers],
-            staged: vec![false; layers],
-            outs: vec![false; layers],
+            entry: Spans::new(1)?,
+            wait: Spans::new(layers)?,
+            stage_in: Spans::new(layers)?,
+            stage_out: Spans::new(layers)?,
             in_bytes: 0,
         }))
     }
 
     /// Compute reaches the step's entry waits (call before them, on the compute stream).
     pub(crate) fn step_begins(&mut self, compute: &Stream) -> Result<(), ExecError> {
-        self.waited.iter_mut().for_each(|w| *w = false);
-        self.staged.iter_mut().for_each(|s| *s = false);
-        self.outs.iter_mut().for_each(|s| *s = false);
+        for s in [&mut self.wait, &mut self.stage_in, &mut self.stage_out] {
+            s.clear();
+        }
         self.in_bytes = 0;
-        self.entry[0].record(compute)
+        self.entry.start(0, compute)
     }
 
     /// Compute has passed the step's entry waits.
-    pub(crate) fn entry_passed(&mut self, compute: &Stream) -> Result<(), ExecError> {
-        self.entry[1].record(compute)
+    pub(crate) fn entry_passed(&self, compute: &Stream) -> Result<(), ExecError> {
+        self.entry.end(0, compute)
     }
 
-    /// Compute reaches layer `l`'s waits (`passed` is false) or passes them (`passed` true).
-    pub(crate) fn layer_wait(
-        &mut self,
-        l: usize,
-        compute: &Stream,
-        passed: bool,
-    ) -> Result<(), ExecError> {
-        self.waited[l] = true;
-        self.wait[usize::from(passed)][l].record(compute)
+    /// Compute reaches layer `l`'s waits.
+    pub(crate) fn layer_waits(&mut self, l: usize, compute: &Stream) -> Result<(), ExecError> {
+        self.wait.start(l, compute)
     }
 
-    /// Layer `l`'s stage-in starts on `stream` (`bytes` is `None`) or has been issued there,
-    /// moving `bytes`.
-    pub(crate) fn stage_in(
-        &mut self,
-        l: usize,
-        stream: &Stream,
-        bytes: Option<u64>,
-    ) -> Result<(), ExecError> {
-        self.staged[l] = true;
-        self.in_bytes += bytes.unwrap_or(0);
-        self.stage[usize::from(bytes.is_some())][l].record(stream)
+    /// Compute has passed layer `l`'s waits.
+    pub(crate) fn layer_waited(&self, l: usize, compute: &Stream) -> Result<(), ExecError> {
+        self.wait.end(l, compute)
     }
 
-    /// Layer `l`'s stage-out starts on `stream` (`done` is false) or has been issued there.
-    pub(crate) fn stage_out(
+    /// Layer `l`'s stage-in starts on `stream` (after its waits).
+    pub(crate) fn stage_in_starts(&mut self, l: usize, stream: &Stream) -> Result<(), ExecError> {
+        self.stage_in.start(l, stream)
+    }
+
+    /// Layer `l`'s stage-in has been issued on `stream`, moving `bytes`.
+    pub(crate) fn stage_in_issued(
         &mut self,
         l: usize,
         stream: &Stream,
-        done: bool,
+        bytes: u64,
     ) -> Result<(), ExecError> {
-        self.outs[l] = true;
-        self.out[usize::from(done)][l].record(stream)
+        self.in_bytes += bytes;
+        self.stage_in.end(l, stream)
+    }
+
+    /// Layer `l`'s stage-out starts on `stream` (after its wait for the layer's attention).
+    pub(crate) fn stage_out_starts(&mut self, l: usize, stream: &Stream) -> Result<(), ExecError> {
+        self.stage_out.start(l, stream)
+    }
+
+    /// Layer `l`'s stage-out has been issued on `stream`.
+    pub(crate) fn stage_out_issued(&self, l: usize, stream: &Stream) -> Result<(), ExecError> {
+        self.stage_out.end(l, stream)
     }
 
     /// Reads the step's events. Call after compute has synchronized: compute waited for every
-    /// stage-in, so all their events have completed; this waits for the last stage-outs.
+    /// stage-in, so their events have completed; this waits for the last stage-out (the
+    /// stage-outs share one stream, so the others have ended before it).
     pub(crate) fn figures(&self) -> Result<TraceFigures, ExecError> {
-        let us = |end: &Event, start: &Event| end.since(start).map(|ms| f64::from(ms) * 1e3);
-        let mut f = TraceFigures {
-            entry_wait_us: us(&self.entry[1], &self.entry[0])?,
-            in_bytes: self.in_bytes,
-            ..TraceFigures::default()
+        if let Some(last) = self.stage_out.used().last() {
+            self.stage_out.end[last].sync()?;
+        }
+        let staged: Vec<usize> = self.stage_in.used().collect();
+        let in_span_us = match (staged.first(), staged.last()) {
+            (Some(&first), Some(&last)) => self.stage_in.us(first, last)?,
+            _ => 0.0,
         };
-        for l in (0..self.waited.len()).filter(|&l| self.waited[l]) {
-            f.stall_us += us(&self.wait[1][l], &self.wait[0][l])?;
-        }
-        let staged: Vec<usize> = (0..self.staged.len()).filter(|&l| self.staged[l]).collect();
-        for &l in &staged {
-            f.in_busy_us += us(&self.stage[1][l], &self.stage[0][l])?;
-        }
-        if let (Some(&first), Some(&last)) = (staged.first(), staged.last()) {
-            f.in_span_us = us(&self.stage[1][last], &self.stage[0][first])?;
-        }
-        for l in (0..self.outs.len()).filter(|&l| self.outs[l]) {
-            self.out[1][l].sync()?;
-            f.out_busy_us += us(&self.out[1][l], &self.out[0][l])?;
-        }
-        Ok(f)
+        Ok(TraceFigures {
+            entry_wait_us: self.entry.us(0, 0)?,
+            stall_us: self.wait.total_us()?,
+            in_busy_us: self.stage_in.total_us()?,
+            in_span_us,
+            in_bytes: self.in_bytes,
+            out_busy_us: self.stage_out.total_us()?,
+        })
     }
 }
