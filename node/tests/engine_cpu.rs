@@ -43,6 +43,7 @@ fn cost(stream: bool) -> CostProfile {
             d1: 1e-6,
             d2: 1e-9,
         },
+        decode_wide: None,
         transfer: TransferCoeffs {
             t0: 0.0,
             // 6 blocks of 4 KiB: 25 ms a layer against 100 µs of decode compute.

@@ -167,6 +167,7 @@ fn cost() -> CostProfile {
             d1: 1e-6,
             d2: 1e-9,
         },
+        decode_wide: None,
         transfer: TransferCoeffs {
             t0: 0.0,
             bw_bytes_per_s: f64::INFINITY,

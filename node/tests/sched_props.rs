@@ -39,6 +39,7 @@ fn cost(stream_cheap: bool) -> CostProfile {
             d1: 1e-5,
             d2: 1e-8,
         },
+        decode_wide: None,
         transfer: TransferCoeffs {
             t0: 0.0,
             bw_bytes_per_s: if stream_cheap { 1e12 } else { 1e6 },

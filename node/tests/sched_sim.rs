@@ -37,6 +37,7 @@ fn gpu_like() -> CostProfile {
             d1: 1e-6,
             d2: 8.5e-10,
         },
+        decode_wide: None,
         transfer: TransferCoeffs {
             t0: 1e-5,
             bw_bytes_per_s: 50e9,
@@ -267,6 +268,43 @@ fn calibration_recovers_the_profile_it_measures() {
     assert!(rel.abs() < 1e-3, "decode: {rel}");
     let rel = fitted.transfer_s(1 << 24) / truth.transfer_s(1 << 24) - 1.0;
     assert!(rel.abs() < 1e-3, "transfer: {rel}");
+}
+
+/// An executor whose wide decode steps cost apart (as the cuda executor's cuBLAS ones do from 5
+/// rows) is calibrated with the split: the fitted profile prices both sides as it does.
+#[test]
+fn calibration_recovers_a_split_decode() {
+    use strata_node::engine::calibrate::{CalibrationPlan, calibrate};
+    use strata_transport::proto::WideDecode;
+    let mut truth = gpu_like();
+    truth.decode.d1 = truth.decode.d0 * 0.2;
+    truth.decode_wide = Some(WideDecode {
+        from_batch: 5,
+        d0: truth.decode.d0 * 1.5,
+        d1: truth.decode.d0 * 0.02,
+    });
+    let mut exec = SimExecutor::new(truth, layout(), 1000, 1);
+    let plan = CalibrationPlan::for_prompts(4096);
+    let (fitted, cal) = calibrate(&mut exec, layout(), 40_000, 20_000, &plan, |_, _| {}).unwrap();
+    assert_eq!(cal.decode_wide_from, Some(5));
+    assert_eq!(fitted.decode_wide.map(|w| w.from_batch), Some(5));
+    for (batch, ctx) in [
+        (1, 4000),
+        (3, 2000),
+        (4, 4000),
+        (5, 4000),
+        (12, 1000),
+        (48, 500),
+    ] {
+        let (f, t) = (
+            fitted.decode_s(batch, batch * ctx, LAYERS),
+            truth.decode_s(batch, batch * ctx, LAYERS),
+        );
+        assert!(
+            (f / t - 1.0).abs() < 1e-3,
+            "decode batch {batch}: {f} vs {t}"
+        );
+    }
 }
 
 #[test]

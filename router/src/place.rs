@@ -196,6 +196,7 @@ mod tests {
                 d1: 0.0,
                 d2: 0.0,
             },
+            decode_wide: None,
             transfer: TransferCoeffs {
                 t0: 0.0,
                 bw_bytes_per_s: 1e10,

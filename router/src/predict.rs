@@ -94,6 +94,7 @@ mod tests {
                 d1: 0.0,
                 d2: 0.0,
             },
+            decode_wide: None,
             transfer: TransferCoeffs {
                 t0: 1e-5,
                 bw_bytes_per_s: 1e9,

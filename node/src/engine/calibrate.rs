@@ -32,7 +32,20 @@ impl CalibrationPlan {
                 (m, 0),
                 (m / 8, m / 2),
             ],
-            decode: vec![(1, m / 8), (1, m), (4, m / 2), (16, m / 4), (32, m / 8)],
+            // Batches 1, 2 and 4 and 8, 16 and 32, so that an executor whose kernels change
+            // between 4 and 8 rows has a per-row cost measured on each side (the cuda
+            // executor's change at 5). The total context varies fourfold on each side apart
+            // from the batch: it is a few percent of a narrow step, and the per-token term it
+            // gives is shared by both sides.
+            decode: vec![
+                (1, m / 8),
+                (1, m),
+                (2, m / 8),
+                (4, m),
+                (8, m / 2),
+                (16, m / 16),
+                (32, m / 8),
+            ],
             transfer_blocks: vec![8, 64, 256, 1024],
             repeats: 3,
         }
@@ -75,6 +88,8 @@ pub struct Calibration {
     pub prefill: Vec<PrefillSample>,
     pub decode: Vec<DecodeSample>,
     pub transfer: Vec<TransferSample>,
+    /// The executor's [`Executor::decode_wide_from`], which the fit splits decode at.
+    pub decode_wide_from: Option<usize>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -150,7 +165,10 @@ pub fn calibrate(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(CostProfile, Calibration), CalibrateError> {
     let mut kv = BlockManager::new(layout, gpu_blocks, host_blocks);
-    let mut cal = Calibration::default();
+    let mut cal = Calibration {
+        decode_wide_from: exec.decode_wide_from(),
+        ..Calibration::default()
+    };
     let total = plan.prefill.len() + plan.decode.len() + plan.transfer_blocks.len();
     let mut done = 0;
     let layers = layout.layers;
@@ -212,6 +230,11 @@ pub fn calibrate(
         done += 1;
         progress(done, total);
     }
-    let profile = fit::fit_profile(&cal.prefill, &cal.decode, &cal.transfer)?;
+    let profile = fit::fit_profile(
+        &cal.prefill,
+        &cal.decode,
+        &cal.transfer,
+        cal.decode_wide_from,
+    )?;
     Ok((profile, cal))
 }

@@ -115,6 +115,13 @@ pub trait Executor: Send {
     /// Runs one step.
     fn execute(&mut self, plan: &StepPlan) -> Result<StepOutput, ExecError>;
 
+    /// The narrowest decode batch this executor computes with other kernels than batch 1's,
+    /// if it has two kinds (the cuda executor: its GEMVs up to 4 rows, cuBLAS above), so that
+    /// calibration fits their costs apart (see [`WideDecode`](strata_transport::proto::WideDecode)).
+    fn decode_wide_from(&self) -> Option<usize> {
+        None
+    }
+
     /// `Some(why)` once after the executor lost the KV memory behind its blocks (a pipeline
     /// stage restarted): every sequence holding blocks must fail and cached blocks be dropped.
     fn take_kv_lost(&mut self) -> Option<String> {

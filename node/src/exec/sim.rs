@@ -40,6 +40,11 @@ impl Executor for SimExecutor {
         true
     }
 
+    /// Where its profile prices wide decode steps apart, so calibrating it recovers both.
+    fn decode_wide_from(&self) -> Option<usize> {
+        self.cost.decode_wide.map(|w| w.from_batch as usize)
+    }
+
     fn execute(&mut self, plan: &StepPlan) -> Result<StepOutput, ExecError> {
         let layers = self.layout.layers;
         if let Some(item) = plan.items.iter().find(|i| i.layers.len() != layers) {

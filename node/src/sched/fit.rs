@@ -10,7 +10,9 @@
 //! drops any term that would come out negative), on relative error for prefill and decode
 //! (see [`relative`]).
 
-use strata_transport::proto::{CostProfile, DecodeCoeffs, PrefillCoeffs, TransferCoeffs};
+use strata_transport::proto::{
+    CostProfile, DecodeCoeffs, PrefillCoeffs, TransferCoeffs, WideDecode,
+};
 
 /// One measured prefill: `n_new` tokens over `n_ctx` cached, over `layers` layers.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -162,7 +164,56 @@ fn check<T>(
     }
 }
 
-/// Fits a cost profile from samples of every kind.
+/// Decode's terms: `(step_overhead_s, narrow, wide)`. Narrow and wide samples (below and from
+/// `wide_from`) get their own constant and per-row terms and share the per-context-token one,
+/// in one fit (with the step's fixed cost where the samples span two depths). A side whose
+/// samples are all one batch size has no per-row term: it could not be told from the constant.
+fn fit_decode(
+    decode: &[DecodeSample],
+    wide_from: Option<usize>,
+) -> (f64, DecodeCoeffs, Option<WideDecode>) {
+    let depths = decode.iter().any(|d| d.layers != decode[0].layers);
+    let is_wide = |d: &DecodeSample| wide_from.is_some_and(|w| d.batch >= w);
+    let varied = |wide: bool| {
+        let mut batches = decode
+            .iter()
+            .filter(|d| is_wide(d) == wide)
+            .map(|d| d.batch);
+        let first = batches.next();
+        batches.any(|b| Some(b) != first)
+    };
+    let (narrow_rows, wide_rows) = (varied(false), varied(true));
+    let mut rows: Vec<[f64; 6]> = decode
+        .iter()
+        .map(|d| {
+            let (l, b, wide) = (d.layers as f64, d.batch as f64, is_wide(d));
+            let on = |yes: bool| if yes { l } else { 0.0 };
+            [
+                if depths { 1.0 } else { 0.0 },
+                on(!wide),
+                on(!wide && narrow_rows) * b,
+                on(wide),
+                on(wide && wide_rows) * b,
+                l * d.sum_ctx as f64,
+            ]
+        })
+        .collect();
+    let mut y: Vec<f64> = decode.iter().map(|d| d.seconds).collect();
+    relative(&mut rows, &mut y);
+    let [s0, d0, d1, e0, e1, d2] = nnls(&rows, &y);
+    let wide = match wide_from {
+        Some(from) if decode.iter().any(is_wide) => Some(WideDecode {
+            from_batch: from as u32,
+            d0: e0,
+            d1: e1,
+        }),
+        _ => None,
+    };
+    (s0, DecodeCoeffs { d0, d1, d2 }, wide)
+}
+
+/// Fits a cost profile from samples of every kind. `wide_from`: the narrowest decode batch the
+/// executor computes with its wide kernels ([`WideDecode`]), if it has two kinds.
 ///
 /// When the decode samples span two or more layer counts, decode is fitted as
 /// `s0 + L·(d0 + d1·batch + d2·Σctx)` over whole-step seconds, and `s0` (the step's fixed
@@ -175,34 +226,14 @@ pub fn fit_profile(
     prefill: &[PrefillSample],
     decode: &[DecodeSample],
     transfer: &[TransferSample],
+    wide_from: Option<usize>,
 ) -> Result<CostProfile, FitError> {
     let good = |s: f64, layers: usize| s.is_finite() && s >= 0.0 && layers > 0;
     check("prefill", prefill, 3, |p| good(p.seconds, p.layers))?;
     check("decode", decode, 3, |d| good(d.seconds, d.layers))?;
     check("transfer", transfer, 2, |t| good(t.seconds, 1))?;
 
-    let depths = decode.iter().any(|d| d.layers != decode[0].layers);
-    let (step_overhead_s, [d0, d1, d2]) = if depths {
-        let mut rows: Vec<[f64; 4]> = decode
-            .iter()
-            .map(|d| {
-                let l = d.layers as f64;
-                [1.0, l, l * d.batch as f64, l * d.sum_ctx as f64]
-            })
-            .collect();
-        let mut y: Vec<f64> = decode.iter().map(|d| d.seconds).collect();
-        relative(&mut rows, &mut y);
-        let [s0, d0, d1, d2] = nnls(&rows, &y);
-        (s0, [d0, d1, d2])
-    } else {
-        let mut rows: Vec<[f64; 3]> = decode
-            .iter()
-            .map(|d| [1.0, d.batch as f64, d.sum_ctx as f64])
-            .collect();
-        let mut y: Vec<f64> = decode.iter().map(|d| d.seconds / d.layers as f64).collect();
-        relative(&mut rows, &mut y);
-        (0.0, nnls(&rows, &y))
-    };
+    let (step_overhead_s, decode_coeffs, decode_wide) = fit_decode(decode, wide_from);
 
     let mut rows: Vec<[f64; 3]> = prefill
         .iter()
@@ -232,7 +263,8 @@ pub fn fit_profile(
 
     Ok(CostProfile {
         prefill: PrefillCoeffs { a0, a1, a2 },
-        decode: DecodeCoeffs { d0, d1, d2 },
+        decode: decode_coeffs,
+        decode_wide,
         transfer: TransferCoeffs { t0, bw_bytes_per_s },
         step_overhead_s,
     })
@@ -254,6 +286,7 @@ mod tests {
                 d1: 1e-6,
                 d2: 2e-9,
             },
+            decode_wide: None,
             transfer: TransferCoeffs {
                 t0: 1e-5,
                 bw_bytes_per_s: 5e9,
@@ -299,7 +332,7 @@ mod tests {
                 seconds: t.transfer_s(bytes) * noise(),
             })
             .collect();
-        let p = fit_profile(&prefill, &decode, &transfer).unwrap();
+        let p = fit_profile(&prefill, &decode, &transfer, None).unwrap();
         for (n, c) in [(1000, 0), (6000, 2000)] {
             let rel = (p.prefill_layer_s(n, c) / t.prefill_layer_s(n, c) - 1.0).abs();
             assert!(rel < 0.03, "prefill {n},{c}: {rel}");
@@ -308,6 +341,83 @@ mod tests {
         assert!(rel < 0.03, "decode: {rel}");
         let rel = (p.transfer.bw_bytes_per_s / 5e9 - 1.0).abs();
         assert!(rel < 0.03, "bandwidth: {rel}");
+    }
+
+    /// Decode priced like the cuda executor's on an H100 (per layer): GEMVs up to 4 rows, each
+    /// row a fifth of a weight pass more; cuBLAS from 5, higher at first and then nearly flat.
+    /// The calibration's points (for 4096-token prompts) fitted with the split recover both
+    /// regimes; one line through them misprices the narrow steps.
+    #[test]
+    fn a_split_decode_fit_recovers_both_kernels() {
+        let t = CostProfile {
+            decode: DecodeCoeffs {
+                d0: 0.19e-3,
+                d1: 0.04e-3,
+                d2: 1.4e-9,
+            },
+            decode_wide: Some(WideDecode {
+                from_batch: 5,
+                d0: 0.3e-3,
+                d1: 0.004e-3,
+            }),
+            ..truth()
+        };
+        let mut rng = crate::model::rng::Rng::new(5);
+        let mut noise = || 1.0 + rng.uniform(0.01) as f64;
+        let decode: Vec<_> = [
+            (1, 512),
+            (1, 4096),
+            (2, 512),
+            (4, 4096),
+            (8, 2048),
+            (16, 256),
+            (32, 512),
+        ]
+        .iter()
+        .map(|&(batch, ctx)| DecodeSample {
+            batch,
+            sum_ctx: batch * (ctx + 1),
+            layers: 32,
+            seconds: t.decode_s(batch, batch * (ctx + 1), 32) * noise(),
+        })
+        .collect();
+        let prefill = [1, 2, 3].map(|n| PrefillSample {
+            n_new: 512 * n,
+            n_ctx: 0,
+            layers: 32,
+            seconds: t.prefill_s(512 * n, 0, 32),
+        });
+        let transfer = [1u64 << 20, 1 << 24].map(|bytes| TransferSample {
+            bytes,
+            seconds: t.transfer_s(bytes),
+        });
+        let split = fit_profile(&prefill, &decode, &transfer, Some(5)).unwrap();
+        let line = fit_profile(&prefill, &decode, &transfer, None).unwrap();
+        assert_eq!(split.decode_wide.map(|w| w.from_batch), Some(5));
+        assert_eq!(line.decode_wide, None);
+        let off = |p: &CostProfile, b: usize, ctx: usize| {
+            let sum = b * (ctx + 1);
+            (p.decode_s(b, sum, 32) / t.decode_s(b, sum, 32) - 1.0).abs()
+        };
+        for (b, ctx) in [
+            (1, 8192),
+            (3, 4096),
+            (4, 4096),
+            (5, 4096),
+            (24, 2048),
+            (64, 1024),
+        ] {
+            assert!(
+                off(&split, b, ctx) < 0.03,
+                "split, batch {b}: {}",
+                off(&split, b, ctx)
+            );
+        }
+        let worst_line = [2, 3, 4]
+            .map(|b| off(&line, b, 4096))
+            .into_iter()
+            .fold(0.0, f64::max);
+        assert!(worst_line > 0.05, "one line, batches 2-4: {worst_line}");
     }
 
     /// Samples of a model with a fixed step cost `s0` beside its layers, at `depths` layer
@@ -367,7 +477,7 @@ mod tests {
             ..truth()
         };
         let (prefill, decode, transfer) = samples_at(&t, &[8, 4]);
-        let p = fit_profile(&prefill, &decode, &transfer).unwrap();
+        let p = fit_profile(&prefill, &decode, &transfer, None).unwrap();
         let rel = |a: f64, b: f64| (a / b - 1.0).abs();
         assert!(
             rel(p.step_overhead_s, 5e-4) < 0.15,
@@ -390,7 +500,7 @@ mod tests {
         // One depth cannot tell them apart: the step cost is spread over the 8 layers, and
         // a batch-1 decode of 80 layers comes out ten step costs long instead of one.
         let (prefill, decode, transfer) = samples_at(&t, &[8]);
-        let one = fit_profile(&prefill, &decode, &transfer).unwrap();
+        let one = fit_profile(&prefill, &decode, &transfer, None).unwrap();
         assert_eq!(one.step_overhead_s, 0.0);
         let (fit, real) = (one.decode_s(1, 4096, 80), t.decode_s(1, 4096, 80));
         assert!(
@@ -456,7 +566,7 @@ mod tests {
                 seconds: 1.24e-3,
             },
         ];
-        let p = fit_profile(&prefill, &decode, &transfer).unwrap();
+        let p = fit_profile(&prefill, &decode, &transfer, None).unwrap();
         // The model's form misses the GEMMs' falling efficiency past 4k tokens, so no fit is
         // exact; on absolute error the 512-token steps came out +63% and +62%.
         for s in &prefill {
@@ -501,7 +611,7 @@ mod tests {
                 seconds: 1.0,
             },
         ];
-        let p = fit_profile(&prefill, &decode, &transfer).unwrap();
+        let p = fit_profile(&prefill, &decode, &transfer, None).unwrap();
         let c = [
             p.prefill.a0,
             p.prefill.a1,
@@ -528,7 +638,7 @@ mod tests {
             seconds: 1.0,
         };
         assert!(matches!(
-            fit_profile(&[], &[d; 3], &[t; 2]),
+            fit_profile(&[], &[d; 3], &[t; 2], None),
             Err(FitError::TooFew {
                 kind: "prefill",
                 ..
@@ -542,7 +652,7 @@ mod tests {
         }; 3];
         bad[1].seconds = f64::NAN;
         assert_eq!(
-            fit_profile(&bad, &[d; 3], &[t; 2]),
+            fit_profile(&bad, &[d; 3], &[t; 2], None),
             Err(FitError::BadSample {
                 kind: "prefill",
                 index: 1

@@ -48,6 +48,7 @@ pub fn profile(cfg: &ModelConfig, hw: &Ceilings, dtype_bytes: usize) -> CostProf
             d1: 2.0 * params / hw.matmul_flops,
             d2: 2.0 * kv * b / hw.mem_bytes_per_s,
         },
+        decode_wide: None,
         transfer: TransferCoeffs {
             t0: hw.link_t0_s,
             bw_bytes_per_s: hw.link_bytes_per_s,

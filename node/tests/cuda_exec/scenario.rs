@@ -40,6 +40,7 @@ pub fn cost(stream: bool) -> CostProfile {
             d1: 1e-6,
             d2: 1e-9,
         },
+        decode_wide: None,
         transfer: TransferCoeffs {
             t0: 0.0,
             bw_bytes_per_s: if stream { f64::INFINITY } else { 1e6 },

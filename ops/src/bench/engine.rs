@@ -534,9 +534,15 @@ fn profile(args: &EngineArgs, s: &Setup) -> anyhow::Result<(CostProfile, Vec<Cal
         cal.prefill.extend(measured.prefill);
         cal.decode.extend(measured.decode);
         cal.transfer.extend(measured.transfer);
+        cal.decode_wide_from = measured.decode_wide_from;
     }
-    let cost = fit::fit_profile(&cal.prefill, &cal.decode, &cal.transfer)
-        .context("fitting the cost profile")?;
+    let cost = fit::fit_profile(
+        &cal.prefill,
+        &cal.decode,
+        &cal.transfer,
+        cal.decode_wide_from,
+    )
+    .context("fitting the cost profile")?;
     let layers = s.layout.layers;
     println!(
         "cost profile of the {name} executor fitted on this machine in {:.1}s at {depths:?} layers: \

@@ -14,7 +14,7 @@ pub mod msg;
 pub mod slo;
 pub mod stage;
 
-pub use cost::{CostProfile, DecodeCoeffs, PrefillCoeffs, TransferCoeffs};
+pub use cost::{CostProfile, DecodeCoeffs, PrefillCoeffs, TransferCoeffs, WideDecode};
 pub use ids::RequestId;
 pub use msg::{
     FinishEvent, GenerateRequest, LoadReport, Message, NodeInfo, RegisterAnswer, Registration,

@@ -218,6 +218,12 @@ impl Kernels {
         rows <= self.gemv_rows && k.is_multiple_of(8)
     }
 
+    /// The narrowest decode batch that goes through cuBLAS rather than the GEMV kernels (none
+    /// when every batch does).
+    pub(crate) fn decode_wide_from(&self) -> Option<usize> {
+        (self.gemv_rows > 0).then_some(self.gemv_rows + 1)
+    }
+
     /// Whether `gemv_rms` and `gemv_rms_swiglu` take `rows` rows of `k` (its normalized rows fit in shared memory).
     pub(crate) fn norm_gemv_fits(&self, rows: usize, k: usize) -> bool {
         self.gemv_fits(rows, k) && rows * k * 2 <= self.norm_smem_max

@@ -344,6 +344,10 @@ impl Executor for CudaExecutor {
         out.elapsed = started.elapsed();
         Ok(out)
     }
+
+    fn decode_wide_from(&self) -> Option<usize> {
+        self.gpu.k.decode_wide_from()
+    }
 }
 
 /// `cfg` cut to the layers of one stage.
