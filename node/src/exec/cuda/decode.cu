@@ -91,14 +91,15 @@ __device__ __forceinline__ void dot_chunk(float* acc, uint4 wv, const bf16* xs, 
     }
 }
 
-// xs[r] = bf16(x[r] / rms(x[r]) * nw) for each row, as rms_norm computes it; row r of x is
-// row_idx[r] when row_idx is given. All threads call.
-__device__ void rms_rows_to_shared(bf16* xs, const float* x, const int* row_idx, const float* nw, int rows, int k,
-                                   float eps) {
-    __shared__ float part[GEMV_ROWS][NORM_WARPS];
+// xs[r] (at xs + r * xs_stride) = bf16(x[r] / rms(x[r]) * nw) for each of rows ≤ R rows, as
+// rms_norm computes it; row r of x is row_idx[r] when row_idx is given. All threads call.
+template <int R>
+__device__ void rms_rows_to_shared(bf16* xs, int xs_stride, const float* x, const int* row_idx, const float* nw,
+                                   int rows, int k, float eps) {
+    __shared__ float part[R][NORM_WARPS];
     int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++) {
+    for (int r = 0; r < R; r++) {
         if (r < rows) {
             const float* xr = x + (u64)(row_idx ? row_idx[r] : r) * k;
             float s = 0.0f;
@@ -109,13 +110,13 @@ __device__ void rms_rows_to_shared(bf16* xs, const float* x, const int* row_idx,
     }
     __syncthreads();
 #pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++) {
+    for (int r = 0; r < R; r++) {
         if (r < rows) {
             float s = lane < NORM_WARPS ? part[r][lane] : 0.0f;
             s = warp_sum(s);
             float inv = rsqrtf(s / (float)k + eps);
             const float* xr = x + (u64)(row_idx ? row_idx[r] : r) * k;
-            for (int i = threadIdx.x; i < k; i += NORM_THREADS) xs[r * k + i] = f2bf(xr[i] * inv * nw[i]);
+            for (int i = threadIdx.x; i < k; i += NORM_THREADS) xs[r * xs_stride + i] = f2bf(xr[i] * inv * nw[i]);
         }
     }
     __syncthreads();
@@ -138,7 +139,7 @@ __device__ __forceinline__ void rms_gemv_warp(float (*acc)[GEMV_ROWS], const uin
     }
     grid_dep_wait();
     grid_dep_launch();
-    rms_rows_to_shared(xs, x, row_idx, nw, rows, k, eps);
+    rms_rows_to_shared<GEMV_ROWS>(xs, k, x, row_idx, nw, rows, k, eps);
     if (!live) return;
 #pragma unroll
     for (int q = 0; q < NW; q++) {

@@ -303,7 +303,7 @@ fn rope_kv_write_case(sh: Shape) {
 
 #[test]
 fn gemm_bf16_matches_the_reference_in_f32_and_bf16_and_accumulates() {
-    let Some(e) = env(SMALL) else { return };
+    let Some(mut e) = env(SMALL) else { return };
     let blas = Blas::new(&e.s).unwrap();
     let mut rng = Rng::derive(13, 0);
     let (rows, m, k) = (37usize, 96usize, 200usize);
@@ -338,30 +338,34 @@ fn gemm_bf16_matches_the_reference_in_f32_and_bf16_and_accumulates() {
         "gemm errors {ef:e} {eb:e} {ea:e}"
     );
 
-    // The GEMV kernel for decode-sized steps: 1 to GEMV_ROWS rows, each output kind.
-    for r in 1..=super::kernels::GEMV_ROWS {
-        let want_r = &want[..r * m];
-        let yf = poisoned(r * m * 4);
-        e.k.gemv_bf16(&e.s, yf.ptr(), xb.ptr(), wb.ptr(), r, m, k, false, false)
-            .unwrap();
-        let yb = poisoned(r * m * 2);
-        e.k.gemv_bf16(&e.s, yb.ptr(), xb.ptr(), wb.ptr(), r, m, k, true, false)
-            .unwrap();
-        let acc = up(&y0[..r * m]);
-        e.k.gemv_bf16(&e.s, acc.ptr(), xb.ptr(), wb.ptr(), r, m, k, false, true)
-            .unwrap();
-        e.s.sync("test").unwrap();
-        let ef = rel_err(&down_f32(&yf, r * m), want_r, "gemv f32");
-        let eb = rel_err(&down_bf16(&yb, r * m), want_r, "gemv bf16");
-        let ea = rel_err(
-            &down_f32(&acc, r * m),
-            &want_acc[..r * m],
-            "gemv accumulate",
-        );
-        assert!(
-            ef < 1e-5 && eb < 5e-3 && ea < 1e-5,
-            "gemv {r} rows: errors {ef:e} {eb:e} {ea:e}"
-        );
+    // The GEMV kernels for decode-sized steps, each output kind: the CUDA-core ones for 1 to
+    // GEMV_ROWS rows, and with the tensor-core ones in, those for 2 to TC_ROWS.
+    for tc in [false, true] {
+        e.k.set_gemv_tc(tc);
+        for r in 1..=e.k.gemv_rows() {
+            let want_r = &want[..r * m];
+            let yf = poisoned(r * m * 4);
+            e.k.gemv_bf16(&e.s, yf.ptr(), xb.ptr(), wb.ptr(), r, m, k, false, false)
+                .unwrap();
+            let yb = poisoned(r * m * 2);
+            e.k.gemv_bf16(&e.s, yb.ptr(), xb.ptr(), wb.ptr(), r, m, k, true, false)
+                .unwrap();
+            let acc = up(&y0[..r * m]);
+            e.k.gemv_bf16(&e.s, acc.ptr(), xb.ptr(), wb.ptr(), r, m, k, false, true)
+                .unwrap();
+            e.s.sync("test").unwrap();
+            let ef = rel_err(&down_f32(&yf, r * m), want_r, "gemv f32");
+            let eb = rel_err(&down_bf16(&yb, r * m), want_r, "gemv bf16");
+            let ea = rel_err(
+                &down_f32(&acc, r * m),
+                &want_acc[..r * m],
+                "gemv accumulate",
+            );
+            assert!(
+                ef < 1e-5 && eb < 5e-3 && ea < 1e-5,
+                "gemv {r} rows (tensor cores {tc}): errors {ef:e} {eb:e} {ea:e}"
+            );
+        }
     }
 }
 

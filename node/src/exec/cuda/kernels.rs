@@ -1,4 +1,4 @@
-//! The kernels of `kernels.cu` and `decode.cu`, compiled by NVRTC at start into machine code
+//! The kernels of `kernels.cu`, `decode.cu` and `gemv_tc.cu`, compiled by NVRTC at start into machine code
 //! for the device's own architecture (`sm_90` on an H200) with the model's shape as constants,
 //! and their typed launches. Every launch's result is checked.
 
@@ -8,8 +8,15 @@ use cudarc::driver::{result, sys};
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
 use std::ffi::{CString, c_void};
 
-/// The common kernels, then the decode ones (which use the former's types and helpers).
-const SOURCE: &str = concat!(include_str!("kernels.cu"), include_str!("decode.cu"));
+pub(crate) mod gemv;
+
+/// The common kernels, then the decode ones and the tensor-core GEMVs (which use the former's
+/// types and helpers).
+const SOURCE: &str = concat!(
+    include_str!("kernels.cu"),
+    include_str!("decode.cu"),
+    include_str!("gemv_tc.cu")
+);
 
 /// The shape the kernels are compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +74,6 @@ pub(crate) struct ItemMeta {
 
 /// Table entries with this bit set name a staging slot; without it, a GPU-pool block.
 pub(crate) const STAGED: u32 = 0x8000_0000;
-/// Steps of at most this many rows multiply by the weights with `gemv_bf16` (as in the source).
-pub(crate) const GEMV_ROWS: usize = 4;
 /// Threads of a CTA of the fused norm-and-GEMV kernels (`NORM_THREADS` in the source).
 const NORM_THREADS: u32 = 512;
 /// Output rows (warps) per CTA of the fused norm-and-GEMV kernels.
@@ -89,21 +94,15 @@ pub(crate) struct Kernels {
     rope_kv_write: sys::CUfunction,
     silu_mul: sys::CUfunction,
     attn_prefill: sys::CUfunction,
-    gemv_bf16: sys::CUfunction,
-    gemv_rms: sys::CUfunction,
-    gemv_rms_swiglu: sys::CUfunction,
+    gemv: gemv::GemvKernels,
     attn_decode: sys::CUfunction,
     argmax_rows: sys::CUfunction,
     sample_top_p: sys::CUfunction,
     pub(crate) shape: Shape,
-    /// Dynamic shared memory a fused norm-and-GEMV CTA may take (its normalized rows).
-    norm_smem_max: usize,
     /// The device's streaming multiprocessors (decode attention sizes its grid by them).
     pub(crate) sms: usize,
     /// Programmatic dependent launch (sm_90+) for the decode chain's kernels.
     early: bool,
-    /// The most rows a step computes with the GEMV kernels; more go through cuBLAS.
-    gemv_rows: usize,
 }
 
 // SAFETY: module and function handles are usable from any thread with the context current.
@@ -184,11 +183,11 @@ impl Kernels {
                 .map_err(|e| dev(&format!("kernel {name}"), e))
         };
         let limits = DeviceLimits::query()?;
-        let gemv_rms = f("gemv_rms")?;
-        let gemv_rms_swiglu = f("gemv_rms_swiglu")?;
-        let norm_smem_max = allow_dynamic_smem(gemv_rms, "gemv_rms", &limits)?.min(
-            allow_dynamic_smem(gemv_rms_swiglu, "gemv_rms_swiglu", &limits)?,
-        );
+        let gemv = gemv::GemvKernels::load(
+            &f,
+            &|func, name| allow_dynamic_smem(func, name, &limits),
+            arch.0 >= 8,
+        )?;
         Ok(Kernels {
             fill_uniform: f("fill_uniform")?,
             fill_value: f("fill_value")?,
@@ -198,49 +197,15 @@ impl Kernels {
             rope_kv_write: f("rope_kv_write")?,
             silu_mul: f("silu_mul")?,
             attn_prefill: f("attn_prefill")?,
-            gemv_bf16: f("gemv_bf16")?,
-            gemv_rms,
-            gemv_rms_swiglu,
+            gemv,
             attn_decode: f("attn_decode")?,
             argmax_rows: f("argmax_rows")?,
             sample_top_p: f("sample_top_p")?,
             module,
             shape,
-            norm_smem_max,
             sms: limits.sms,
             early: arch.0 >= 9,
-            gemv_rows: gemv_rows_from_env()?,
         })
-    }
-
-    /// Whether `gemv_bf16` takes `rows` rows of `k` (else cuBLAS computes the product).
-    pub(crate) fn gemv_fits(&self, rows: usize, k: usize) -> bool {
-        rows <= self.gemv_rows && k.is_multiple_of(8)
-    }
-
-    /// The narrowest decode batch that goes through cuBLAS rather than the GEMV kernels (none
-    /// when every batch does).
-    pub(crate) fn decode_wide_from(&self) -> Option<usize> {
-        (self.gemv_rows > 0).then_some(self.gemv_rows + 1)
-    }
-
-    /// Whether `gemv_rms` and `gemv_rms_swiglu` take `rows` rows of `k` (its normalized rows fit in shared memory).
-    pub(crate) fn norm_gemv_fits(&self, rows: usize, k: usize) -> bool {
-        self.gemv_fits(rows, k) && rows * k * 2 <= self.norm_smem_max
-    }
-}
-
-/// `STRATA_GEMV_ROWS` (0 to [`GEMV_ROWS`], default [`GEMV_ROWS`]): the most rows a step computes
-/// with the GEMV kernels, for measuring them against cuBLAS at small batches.
-fn gemv_rows_from_env() -> Result<usize, ExecError> {
-    match std::env::var("STRATA_GEMV_ROWS") {
-        Err(_) => Ok(GEMV_ROWS),
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n <= GEMV_ROWS => Ok(n),
-            _ => Err(ExecError::Device(format!(
-                "STRATA_GEMV_ROWS={v:?}: expected a number of rows from 0 to {GEMV_ROWS}"
-            ))),
-        },
     }
 }
 
@@ -579,97 +544,6 @@ impl Kernels {
                 att, part_o, part_ml, counters, q, item_ids, items, table, pool, staging,
                 part_keys, parts, scale_log2
             ),
-        )
-    }
-
-    /// `y (+)= x · wᵀ` for at most [`GEMV_ROWS`] rows; `k` a multiple of 8.
-    pub(crate) fn gemv_bf16(
-        &self,
-        s: &Stream,
-        y: u64,
-        x: u64,
-        w: u64,
-        rows: usize,
-        m: usize,
-        k: usize,
-        out_bf16: bool,
-        accumulate: bool,
-    ) -> Result<(), ExecError> {
-        debug_assert!(rows <= GEMV_ROWS && k.is_multiple_of(8));
-        let (rows, m_, k_) = (rows as i32, m as i32, k as i32);
-        let (ob, acc) = (out_bf16 as i32, accumulate as i32);
-        launch_early(
-            self.early,
-            self.gemv_bf16,
-            "gemv_bf16",
-            (m.div_ceil(8) as u32, 1, 1),
-            256,
-            0,
-            s,
-            args!(y, x, w, rows, m_, k_, ob, acc),
-        )
-    }
-
-    /// `y = rms_norm(x) · wᵀ` for at most [`GEMV_ROWS`] rows of the f32 residual `x` (rows
-    /// `row_idx[..rows]` of it when `row_idx` is not 0), in one kernel: bit for bit
-    /// (`gather_rows`,) `rms_norm` then `gemv_bf16` (no accumulate). Only where
-    /// [`Kernels::norm_gemv_fits`].
-    pub(crate) fn gemv_rms(
-        &self,
-        s: &Stream,
-        y: u64,
-        x: u64,
-        row_idx: u64,
-        norm_w: u64,
-        w: u64,
-        rows: usize,
-        m: usize,
-        k: usize,
-        eps: f32,
-        out_bf16: bool,
-    ) -> Result<(), ExecError> {
-        debug_assert!(self.norm_gemv_fits(rows, k));
-        let smem = (rows * k * 2) as u32;
-        let (rows, m_, k_, ob) = (rows as i32, m as i32, k as i32, out_bf16 as i32);
-        launch_early(
-            self.early,
-            self.gemv_rms,
-            "gemv_rms",
-            (m.div_ceil(NORM_WARPS) as u32, 1, 1),
-            NORM_THREADS,
-            smem,
-            s,
-            args!(y, x, row_idx, norm_w, w, rows, m_, k_, eps, ob),
-        )
-    }
-
-    /// `act = silu(g) · u` with `[g | u] = rms_norm(x) · w_gate_upᵀ` rounded to bf16 (`w_gate_up`
-    /// is `[2·ff, k]`), for at most [`GEMV_ROWS`] rows, in one kernel: bit for bit `gemv_rms`
-    /// into bf16 then `silu_mul`. Only where [`Kernels::norm_gemv_fits`].
-    pub(crate) fn gemv_rms_swiglu(
-        &self,
-        s: &Stream,
-        act: u64,
-        x: u64,
-        norm_w: u64,
-        w_gate_up: u64,
-        rows: usize,
-        ff: usize,
-        k: usize,
-        eps: f32,
-    ) -> Result<(), ExecError> {
-        debug_assert!(self.norm_gemv_fits(rows, k));
-        let smem = (rows * k * 2) as u32;
-        let (rows, ff_, k_) = (rows as i32, ff as i32, k as i32);
-        launch_early(
-            self.early,
-            self.gemv_rms_swiglu,
-            "gemv_rms_swiglu",
-            (ff.div_ceil(NORM_WARPS) as u32, 1, 1),
-            NORM_THREADS,
-            smem,
-            s,
-            args!(act, x, norm_w, w_gate_up, rows, ff_, k_, eps),
         )
     }
 

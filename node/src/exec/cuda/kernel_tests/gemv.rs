@@ -1,10 +1,11 @@
 //! The fused decode GEMVs (`gemv_rms`, `gemv_rms_swiglu`) bit for bit against the unfused
-//! kernels they replace, and against f64 references.
+//! kernels they replace, and against f64 references: the CUDA-core kernels for 1 to
+//! `GEMV_ROWS` rows, then with the tensor-core ones in (2 to `TC_ROWS` rows).
 
 use super::{
     SMALL, bits_bf16, bits_f32, down_bf16, down_f32, env, poisoned, randn, rel_err, to_bf16, up,
 };
-use crate::exec::cuda::kernels::GEMV_ROWS;
+use crate::exec::cuda::kernels::gemv::TC_ROWS;
 use crate::model::rng::Rng;
 use half::bf16;
 
@@ -26,18 +27,28 @@ fn normed_rows(x: &[f32], g: &[f32], rows: usize, k: usize, eps: f64) -> Vec<f64
 
 #[test]
 fn gemv_rms_is_rms_norm_then_gemv_bit_for_bit_rows_in_place_or_gathered() {
-    let Some(e) = env(SMALL) else { return };
+    let Some(mut e) = env(SMALL) else { return };
     let mut rng = Rng::derive(15, 0);
     let eps = 1e-5f32;
-    // k not a multiple of the 512 threads; 4096 (8B); 8192 × 4 rows needs the opt-in (64 KiB).
-    for (k, m) in [(200usize, 37usize), (4096, 40), (8192, 19)] {
-        assert!(e.k.norm_gemv_fits(4, k), "rows of {k} fit");
-        let x = randn(&mut rng, 4 * k, 3.0);
+    // k not a multiple of the 512 threads nor of a tensor-core group (32); 4096 (8B); 8192 × 4
+    // rows needs the opt-in (64 KiB). m not a multiple of a tensor-core tile (16).
+    for (k, m, tc) in [
+        (200usize, 37usize, false),
+        (4096, 40, false),
+        (8192, 19, false),
+    ]
+    .into_iter()
+    .chain([(200, 37, true), (4096, 40, true), (8192, 19, true)])
+    {
+        e.k.set_gemv_tc(tc);
+        let most = e.k.gemv_rows();
+        assert!(e.k.norm_gemv_fits(most, k), "{most} rows of {k} fit");
+        let x = randn(&mut rng, TC_ROWS * k, 3.0);
         let g = randn(&mut rng, k, 1.5);
         let w = to_bf16(&randn(&mut rng, m * k, 1.0));
         let (xb, gb, wb) = (up(&x), up(&g), up(&w));
-        let normed_ref = normed_rows(&x, &g, 4, k, eps as f64);
-        for rows in 1..=GEMV_ROWS {
+        let normed_ref = normed_rows(&x, &g, TC_ROWS, k, eps as f64);
+        for rows in 1..=most {
             let normed = poisoned(rows * k * 2);
             e.k.rms_norm(&e.s, normed.ptr(), xb.ptr(), gb.ptr(), rows, k as i32, eps)
                 .unwrap();
@@ -109,21 +120,23 @@ fn gemv_rms_is_rms_norm_then_gemv_bit_for_bit_rows_in_place_or_gathered() {
             let eb = rel_err(&down_bf16(&got_b, n), &want, "gemv_rms bf16");
             assert!(
                 ef < 2e-3 && eb < 5e-3,
-                "k {k}, {rows} rows: errors {ef:e} {eb:e}"
+                "k {k}, {rows} rows (tensor cores {tc}): errors {ef:e} {eb:e}"
             );
             assert_eq!(
                 bits_f32(&got_f, n),
                 bits_f32(&want_f, n),
-                "k {k}, {rows} rows, f32"
+                "k {k}, {rows} rows (tensor cores {tc}), f32"
             );
             assert_eq!(
                 bits_bf16(&got_b, n),
                 bits_bf16(&want_b, n),
-                "k {k}, {rows} rows, bf16"
+                "k {k}, {rows} rows (tensor cores {tc}), bf16"
             );
 
             // Rows picked by index (the lm_head's): as gather_rows, rms_norm, gemv_bf16.
-            let idx: Vec<i32> = (0..rows as i32).map(|r| (r * 3 + 1) % 4).collect();
+            let idx: Vec<i32> = (0..rows as i32)
+                .map(|r| (r * 3 + 1) % TC_ROWS as i32)
+                .collect();
             let ib = up(&idx);
             let gathered = poisoned(rows * k * 4);
             e.k.gather_rows(&e.s, gathered.ptr(), xb.ptr(), ib.ptr(), rows, k as i32)
@@ -169,7 +182,7 @@ fn gemv_rms_is_rms_norm_then_gemv_bit_for_bit_rows_in_place_or_gathered() {
             assert_eq!(
                 bits_f32(&got_i, n),
                 bits_f32(&want_i, n),
-                "k {k}, rows {idx:?}"
+                "k {k}, rows {idx:?} (tensor cores {tc})"
             );
         }
     }
@@ -177,17 +190,26 @@ fn gemv_rms_is_rms_norm_then_gemv_bit_for_bit_rows_in_place_or_gathered() {
 
 #[test]
 fn gemv_rms_swiglu_is_gemv_rms_then_silu_mul_bit_for_bit() {
-    let Some(e) = env(SMALL) else { return };
+    let Some(mut e) = env(SMALL) else { return };
     let mut rng = Rng::derive(16, 0);
     let eps = 1e-5f32;
-    for (k, ff) in [(200usize, 37usize), (4096, 50), (8192, 19)] {
-        assert!(e.k.norm_gemv_fits(4, k), "rows of {k} fit");
-        let x = randn(&mut rng, 4 * k, 3.0);
+    for (k, ff, tc) in [
+        (200usize, 37usize, false),
+        (4096, 50, false),
+        (8192, 19, false),
+    ]
+    .into_iter()
+    .chain([(200, 37, true), (4096, 50, true), (8192, 19, true)])
+    {
+        e.k.set_gemv_tc(tc);
+        let most = e.k.gemv_rows();
+        assert!(e.k.norm_gemv_fits(most, k), "{most} rows of {k} fit");
+        let x = randn(&mut rng, TC_ROWS * k, 3.0);
         let g = randn(&mut rng, k, 1.5);
         let w = to_bf16(&randn(&mut rng, 2 * ff * k, 1.0));
         let (xb, gb, wb) = (up(&x), up(&g), up(&w));
-        let normed_ref = normed_rows(&x, &g, 4, k, eps as f64);
-        for rows in 1..=GEMV_ROWS {
+        let normed_ref = normed_rows(&x, &g, TC_ROWS, k, eps as f64);
+        for rows in 1..=most {
             let gu = poisoned(rows * 2 * ff * 2);
             e.k.gemv_rms(
                 &e.s,
@@ -233,12 +255,15 @@ fn gemv_rms_swiglu_is_gemv_rms_then_silu_mul_bit_for_bit() {
                 }
             }
             let err = rel_err(&down_bf16(&got, rows * ff), &want, "gemv_rms_swiglu");
-            assert!(err < 1e-2, "k {k}, {rows} rows: error {err:e}");
+            assert!(
+                err < 1e-2,
+                "k {k}, {rows} rows (tensor cores {tc}): error {err:e}"
+            );
             let n = rows * ff;
             assert_eq!(
                 bits_bf16(&got, n),
                 bits_bf16(&want_b, n),
-                "k {k}, {rows} rows"
+                "k {k}, {rows} rows (tensor cores {tc})"
             );
         }
     }
