@@ -50,13 +50,13 @@ pub struct DecodeCoeffs {
 }
 
 /// Decode of wide batches, for an executor that computes narrow and wide decode steps with
-/// different kernels: the cuda executor multiplies steps of up to 4 rows by the weights with its
-/// own GEMVs, whose cost grows by a large share of a weight pass per row, and wider ones through
-/// cuBLAS, which starts higher and grows slowly. One line through both underprices the narrow
-/// steps of 2–4 rows (a fit to batches 1, 4, 16 and 32 on an H100 priced 4 sequences at 4096
-/// tokens 28% under their measured time). From `from_batch` rows on, a step's constant and
-/// per-row terms are `d0` and `d1` here; the per-context-token term (attention, the same kernel
-/// at every width) stays [`DecodeCoeffs::d2`].
+/// different kernels: the cuda executor multiplies steps of a few rows by the weights with its
+/// own GEMV kernels and wider ones through cuBLAS, which start at different costs and grow at
+/// different rates per row. One line through both misprices one side (fitted to batches 1, 4,
+/// 16 and 32 on an H100, with the CUDA-core GEMVs taking up to 4 rows, it priced 4 sequences of
+/// 4096 tokens 28–30% under their measured 12.0 ms). From `from_batch` rows on, a step's constant
+/// and per-row terms are `d0` and `d1` here; the per-context-token term (attention, the same
+/// kernel at every width) stays [`DecodeCoeffs::d2`].
 #[derive(
     Debug,
     Clone,
