@@ -60,6 +60,6 @@ if [ -n "${TRACE:-}" ] && [ -s $OUT/h200-llama-3-8b.toml ] && fits 150 "the trac
   rm -f $X/bench-engine.log
   pack_extra
 fi
-if [ -n "${SMALL_BATCH:-}" ] && fits 130 "small-batch.sh"; then
-  CTXS=4096 CONFIGS="simt cublas" bash scripts/device/small-batch.sh
+if [ -n "${SMALL_BATCH:-}" ] && fits 150 "small-batch.sh"; then
+  CTXS=4096 CONFIGS="tc1 simt cublas" bash scripts/device/small-batch.sh
 fi

@@ -4,7 +4,8 @@
 //!
 //! Two variables choose otherwise, for measuring one choice against another on a GPU:
 //! `STRATA_GEMV_TC=0` keeps the tensor-core kernels out (the CUDA-core ones then take up to
-//! [`GEMV_ROWS`] rows), and `STRATA_GEMV_ROWS=n` caps the rows any GEMV kernel takes.
+//! [`GEMV_ROWS`] rows) and `STRATA_GEMV_TC=all` gives them one-row steps too;
+//! `STRATA_GEMV_ROWS=n` caps the rows any GEMV kernel takes.
 
 use super::{Kernels, NORM_THREADS, NORM_WARPS, launch_early};
 use crate::exec::ExecError;
@@ -33,8 +34,8 @@ pub(crate) struct GemvKernels {
     simt_smem_max: usize,
     /// The same for a fused tensor-core CTA.
     tc_smem_max: usize,
-    /// Whether steps of 2 or more rows use the tensor-core kernels.
-    use_tc: bool,
+    /// The fewest rows the tensor-core kernels take (usize::MAX: none).
+    tc_from: usize,
     /// The most rows a step computes with a GEMV kernel; more go through cuBLAS.
     rows: usize,
 }
@@ -52,8 +53,16 @@ impl GemvKernels {
             smem_optin(simt_rms, "gemv_rms")?.min(smem_optin(simt_rms_swiglu, "gemv_rms_swiglu")?);
         let tc_smem_max = smem_optin(tc_rms, "gemv_rms_tc")?
             .min(smem_optin(tc_rms_swiglu, "gemv_rms_swiglu_tc")?);
-        let use_tc = tc_capable && flag_from_env("STRATA_GEMV_TC", true)?;
-        let most = if use_tc { TC_ROWS } else { GEMV_ROWS };
+        let tc_from = if tc_capable {
+            tc_from_env()?
+        } else {
+            usize::MAX
+        };
+        let most = if tc_from <= TC_ROWS {
+            TC_ROWS
+        } else {
+            GEMV_ROWS
+        };
         Ok(GemvKernels {
             simt: f("gemv_bf16")?,
             simt_rms,
@@ -63,13 +72,13 @@ impl GemvKernels {
             tc_rms_swiglu,
             simt_smem_max,
             tc_smem_max,
-            use_tc,
+            tc_from,
             rows: rows_from_env(most)?,
         })
     }
 
     fn tc_takes(&self, rows: usize) -> bool {
-        self.use_tc && rows >= 2
+        rows >= self.tc_from
     }
 
     /// Dynamic shared memory of a fused kernel for `rows` normalized rows of `k`.
@@ -82,14 +91,18 @@ impl GemvKernels {
     }
 }
 
-/// `name` = `0` or `1`, `default` when unset.
-fn flag_from_env(name: &str, default: bool) -> Result<bool, ExecError> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
+/// `STRATA_GEMV_TC`: `1` (the default: the tensor-core kernels from 2 rows), `0` (never) or
+/// `all` (from 1 row), as the fewest rows they take.
+fn tc_from_env() -> Result<usize, ExecError> {
+    match std::env::var("STRATA_GEMV_TC") {
+        Err(_) => Ok(2),
         Ok(v) => match v.trim() {
-            "0" => Ok(false),
-            "1" => Ok(true),
-            _ => Err(ExecError::Device(format!("{name}={v:?}: expected 0 or 1"))),
+            "0" => Ok(usize::MAX),
+            "1" => Ok(2),
+            "all" => Ok(1),
+            _ => Err(ExecError::Device(format!(
+                "STRATA_GEMV_TC={v:?}: expected 0, 1 or all"
+            ))),
         },
     }
 }
@@ -145,8 +158,11 @@ impl Kernels {
     /// the rows the GEMV kernels take become that choice's most.
     #[cfg(test)]
     pub(crate) fn set_gemv_tc(&mut self, on: bool) {
-        self.gemv.use_tc = on;
-        self.gemv.rows = if on { TC_ROWS } else { GEMV_ROWS };
+        (self.gemv.tc_from, self.gemv.rows) = if on {
+            (2, TC_ROWS)
+        } else {
+            (usize::MAX, GEMV_ROWS)
+        };
     }
 
     /// `y (+)= x · wᵀ` for `rows` rows where [`Kernels::gemv_fits`]; `k` a multiple of 8.
