@@ -25,12 +25,7 @@ pack_extra() { tar -C $X -cf $OUT/extra.tar . ; }
 G=$OUT/bench-gpu.log
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv | tee $G
 export STRATA_REQUIRE_GPU=1
-ok=1
-timeout 60 .dev/t/lib cuda 2>&1 | tail -n 40 > $OUT/tests.log || ok=0
-timeout 80 .dev/t/cuda_exec 2>&1 | tail -n 40 >> $OUT/tests.log || ok=0
-grep -E "test result|FAILED|panicked|failed" $OUT/tests.log | head -n 20
-echo "GPU tests passed: $ok"
-if [ $ok = 0 ]; then
+if ! bash scripts/device/gpu-tests.sh; then
   # The benches still run, on the kernels that passed before the tensor-core GEMVs came in.
   export STRATA_GEMV_TC=0
   echo "== GPU tests failed: the benches below run with STRATA_GEMV_TC=0" | tee -a $G

@@ -23,6 +23,16 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
     return v;
 }
 
+// y[at] = v, as bf16 or f32, or added to the f32 there.
+__device__ __forceinline__ void store_out(void* y, u64 at, float v, int out_bf16, int accumulate) {
+    if (out_bf16) {
+        ((bf16*)y)[at] = f2bf(v);
+    } else {
+        float* yf = (float*)y;
+        yf[at] = accumulate ? yf[at] + v : v;
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) gemv_bf16(void* y, const bf16* x, const bf16* w, int rows,
                                                            int m, int k, int out_bf16, int accumulate) {
     int j = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
@@ -53,15 +63,7 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(void* y, const bf16*
 #pragma unroll
     for (int r = 0; r < GEMV_ROWS; r++) {
         float v = warp_sum(acc[r]);
-        if (lane == 0 && r < rows) {
-            u64 at = (u64)r * m + j;
-            if (out_bf16) {
-                ((bf16*)y)[at] = f2bf(v);
-            } else {
-                float* yf = (float*)y;
-                yf[at] = accumulate ? yf[at] + v : v;
-            }
-        }
+        if (lane == 0 && r < rows) store_out(y, (u64)r * m + j, v, out_bf16, accumulate);
     }
 }
 

@@ -128,14 +128,7 @@ __device__ __forceinline__ int tc_col() { return 2 * (threadIdx.x & 3) + ((threa
 // Writes thread i < 128's element v of tile j0 to y[r, j]: f32, bf16 or added to f32.
 __device__ __forceinline__ void tc_store(void* y, float v, int j0, int rows, int m, int out_bf16, int accumulate) {
     int j = j0 + tc_row(), r = tc_col();
-    if (threadIdx.x >= 128 || j >= m || r >= rows) return;
-    u64 at = (u64)r * m + j;
-    if (out_bf16) {
-        ((bf16*)y)[at] = f2bf(v);
-    } else {
-        float* yf = (float*)y;
-        yf[at] = accumulate ? yf[at] + v : v;
-    }
+    if (threadIdx.x < 128 && j < m && r < rows) store_out(y, (u64)r * m + j, v, out_bf16, accumulate);
 }
 
 // gemv_bf16 for 2..TC_ROWS rows: y[r, j] (+)= x[r]·w[j], x bf16 [rows, k].

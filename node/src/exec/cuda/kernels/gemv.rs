@@ -218,24 +218,13 @@ impl Kernels {
         eps: f32,
         out_bf16: bool,
     ) -> Result<(), ExecError> {
-        debug_assert!(self.norm_gemv_fits(rows, k));
-        let smem = self.gemv.norm_smem(rows, k) as u32;
-        let (f, name, grid) = if self.gemv.tc_takes(rows) {
-            (self.gemv.tc_rms, "gemv_rms_tc", m.div_ceil(TC_TILE))
-        } else {
-            (self.gemv.simt_rms, "gemv_rms", m.div_ceil(NORM_WARPS))
-        };
-        let (rows, m_, k_, ob) = (rows as i32, m as i32, k as i32, out_bf16 as i32);
-        launch_early(
-            self.early,
-            f,
-            name,
-            (grid as u32, 1, 1),
-            NORM_THREADS,
-            smem,
-            s,
-            args!(y, x, row_idx, norm_w, w, rows, m_, k_, eps, ob),
-        )
+        let kernels = [
+            (self.gemv.tc_rms, "gemv_rms_tc"),
+            (self.gemv.simt_rms, "gemv_rms"),
+        ];
+        let (rows_, m_, k_, ob) = (rows as i32, m as i32, k as i32, out_bf16 as i32);
+        let args = args!(y, x, row_idx, norm_w, w, rows_, m_, k_, eps, ob);
+        self.launch_norm(s, kernels, rows, m, k, args)
     }
 
     /// `act = silu(g) · u` with `[g | u] = rms_norm(x) · w_gate_upᵀ` rounded to bf16 (`w_gate_up`
@@ -254,22 +243,35 @@ impl Kernels {
         k: usize,
         eps: f32,
     ) -> Result<(), ExecError> {
+        let kernels = [
+            (self.gemv.tc_rms_swiglu, "gemv_rms_swiglu_tc"),
+            (self.gemv.simt_rms_swiglu, "gemv_rms_swiglu"),
+        ];
+        let (rows_, ff_, k_) = (rows as i32, ff as i32, k as i32);
+        let args = args!(act, x, norm_w, w_gate_up, rows_, ff_, k_, eps);
+        self.launch_norm(s, kernels, rows, ff, k, args)
+    }
+
+    /// Launches a fused norm-and-GEMV kernel over `m` outputs: `kernels[0]` (tensor cores)
+    /// where it takes `rows` rows, else `kernels[1]` (CUDA cores), with the normalized rows'
+    /// shared memory.
+    fn launch_norm(
+        &self,
+        s: &Stream,
+        kernels: [(sys::CUfunction, &str); 2],
+        rows: usize,
+        m: usize,
+        k: usize,
+        args: &mut [*mut c_void],
+    ) -> Result<(), ExecError> {
         debug_assert!(self.norm_gemv_fits(rows, k));
-        let smem = self.gemv.norm_smem(rows, k) as u32;
-        let (f, name, grid) = if self.gemv.tc_takes(rows) {
-            (
-                self.gemv.tc_rms_swiglu,
-                "gemv_rms_swiglu_tc",
-                ff.div_ceil(TC_TILE),
-            )
+        let tc = self.gemv.tc_takes(rows);
+        let ((f, name), grid) = if tc {
+            (kernels[0], m.div_ceil(TC_TILE))
         } else {
-            (
-                self.gemv.simt_rms_swiglu,
-                "gemv_rms_swiglu",
-                ff.div_ceil(NORM_WARPS),
-            )
+            (kernels[1], m.div_ceil(NORM_WARPS))
         };
-        let (rows, ff_, k_) = (rows as i32, ff as i32, k as i32);
+        let smem = self.gemv.norm_smem(rows, k) as u32;
         launch_early(
             self.early,
             f,
@@ -278,7 +280,7 @@ impl Kernels {
             NORM_THREADS,
             smem,
             s,
-            args!(act, x, norm_w, w_gate_up, rows, ff_, k_, eps),
+            args,
         )
     }
 }
