@@ -34,8 +34,10 @@ if [ -z "${SKIP_BENCH_GPU:-}" ]; then
   echo "== bench gpu" | tee -a $G
   timeout 150 $S bench gpu --repeats 5 --decode-batch 1,2,4,8,32,128 --json $OUT/bench-gpu.json 2>&1 | grep -v '\[' | tee -a $G | tail -n 34 | head -n 24
 fi
-timeout 330 $S bench engine --executor cuda --model llama-3-8b --save-profile $OUT/h200-llama-3-8b.toml \
-  --json $OUT/bench-engine.json 2>&1 | grep -v '\[' | tail -n 12 | tee $OUT/bench-engine.log
+if [ -z "${SKIP_ENGINE:-}" ]; then
+  timeout 330 $S bench engine --executor cuda --model llama-3-8b --save-profile $OUT/h200-llama-3-8b.toml \
+    --json $OUT/bench-engine.json 2>&1 | grep -v '\[' | tail -n 12 | tee $OUT/bench-engine.log
+fi
 if [ -x $O ]; then
   echo "== the old strata ($O), side by side" | tee -a $G
   timeout 60 $O bench gpu --prefill 1024 --decode-batch 1,32,128 --transfer-mib 16 --offload-prompt 512 \
