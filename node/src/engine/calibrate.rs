@@ -32,9 +32,9 @@ impl CalibrationPlan {
                 (m, 0),
                 (m / 8, m / 2),
             ],
-            // Batches 1, 2 and 4 and 8, 16 and 32, so that an executor whose kernels change
-            // between 4 and 8 rows has a per-row cost measured on each side (the cuda
-            // executor's change at 5). The total context varies fourfold on each side apart
+            // Batches 1, 2, 4, 8, 16 and 32, so that an executor whose kernels change at
+            // some width has a per-row cost measured on each side where it can (the cuda
+            // executor's change at 2 rows by default, at 5 or 9 with STRATA_GEMV_ROWS). The total context varies fourfold on each side apart
             // from the batch: it is a few percent of a narrow step, and the per-token term it
             // gives is shared by both sides.
             decode: vec![

@@ -3,9 +3,13 @@
 // whose types, constants and helpers are in scope here.
 //
 // On CUDA cores each row of a step adds a pass of multiply-adds and bf16 conversions over every
-// weight: on an H100 a decode step of 4 rows took 1.9 times one of 1 row, and longer than one
+// weight: on an H100 a decode step of 4 rows took 1.8 times one of 1 row, and longer than one
 // of 32 rows through cuBLAS. Here one mma.sync m16n8k16 takes a lane's weight chunks for all 8
-// rows at once, so a step reads the weights once at nearly the cost of one row.
+// rows at once. Measured on an H100 (docs/benchmarks/gpu/small-batch-h100-5.log) they beat the
+// CUDA-core kernels at 3 and 4 rows but not cuBLAS at any width, so they are off by default
+// (STRATA_GEMV_TC=1 lets them in; kernels/gemv.rs). At one row they took 8.25 ms against the
+// CUDA-core kernel's 6.60: the weight stream itself runs slower here, as 64-byte pieces of 16
+// rows per warp rather than one row's 512 bytes.
 //
 // A CTA takes a tile of 16 output rows: A is the tile's weight rows, B the step's rows of x,
 // padded to 8 with zeros. Its TC_WARPS warps split k in groups of 32 elements, warp w taking

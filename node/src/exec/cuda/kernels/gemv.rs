@@ -1,11 +1,15 @@
-//! The decode GEMVs and which kernel takes a step of a few rows: the CUDA-core kernels of
-//! `decode.cu` for one row, the tensor-core ones of `gemv_tc.cu` for 2 to [`TC_ROWS`] rows
-//! (see that file for why), cuBLAS above ([`Kernels::gemv_fits`] says no).
+//! The decode GEMVs and which kernel takes a step of a few rows. By default the CUDA-core
+//! kernel of `decode.cu` takes one-row steps and cuBLAS every wider one ([`Kernels::gemv_fits`]
+//! says no): on an H100 at 4096 tokens of context, cuBLAS took 2, 3, 4 and 8 rows in 7.56,
+//! 7.96, 8.27 and 9.78 ms, the CUDA-core kernels 2–4 rows in 7.60, 9.62 and 12.03 ms, and the
+//! tensor-core ones of `gemv_tc.cu` 2, 3, 4 and 8 rows in 8.88, 9.54, 10.13 and 12.85 ms
+//! (`docs/benchmarks/gpu/small-batch-h100-5.log`).
 //!
 //! Two variables choose otherwise, for measuring one choice against another on a GPU:
-//! `STRATA_GEMV_TC=0` keeps the tensor-core kernels out (the CUDA-core ones then take up to
-//! [`GEMV_ROWS`] rows) and `STRATA_GEMV_TC=all` gives them one-row steps too;
-//! `STRATA_GEMV_ROWS=n` caps the rows any GEMV kernel takes.
+//! `STRATA_GEMV_ROWS=n` lets the GEMV kernels take up to `n` rows (at most [`GEMV_ROWS`], or
+//! [`TC_ROWS`] with the tensor-core kernels in), and `STRATA_GEMV_TC=1` gives steps of 2 or
+//! more rows to the tensor-core kernels (then up to [`TC_ROWS`] rows unless capped),
+//! `STRATA_GEMV_TC=all` one-row steps too.
 
 use super::{Kernels, NORM_THREADS, NORM_WARPS, launch_early};
 use crate::exec::ExecError;
@@ -15,6 +19,8 @@ use std::ffi::c_void;
 
 /// The most rows of the CUDA-core GEMV kernels (`GEMV_ROWS` in `decode.cu`).
 pub(crate) const GEMV_ROWS: usize = 4;
+/// The rows the GEMV kernels take by default: one (cuBLAS is faster from two; module doc).
+const DEFAULT_ROWS: usize = 1;
 /// The most rows of the tensor-core GEMV kernels (`TC_ROWS` in `gemv_tc.cu`).
 pub(crate) const TC_ROWS: usize = 8;
 /// Output rows per tensor-core CTA (one m16n8k16 tile).
@@ -58,10 +64,10 @@ impl GemvKernels {
         } else {
             usize::MAX
         };
-        let most = if tc_from <= TC_ROWS {
-            TC_ROWS
+        let (most, default) = if tc_from <= TC_ROWS {
+            (TC_ROWS, TC_ROWS)
         } else {
-            GEMV_ROWS
+            (GEMV_ROWS, DEFAULT_ROWS)
         };
         Ok(GemvKernels {
             simt: f("gemv_bf16")?,
@@ -73,7 +79,7 @@ impl GemvKernels {
             simt_smem_max,
             tc_smem_max,
             tc_from,
-            rows: rows_from_env(most)?,
+            rows: rows_from_env(most, default)?,
         })
     }
 
@@ -91,11 +97,11 @@ impl GemvKernels {
     }
 }
 
-/// `STRATA_GEMV_TC`: `1` (the default: the tensor-core kernels from 2 rows), `0` (never) or
+/// `STRATA_GEMV_TC`: `0` (the default: never), `1` (the tensor-core kernels from 2 rows) or
 /// `all` (from 1 row), as the fewest rows they take.
 fn tc_from_env() -> Result<usize, ExecError> {
     match std::env::var("STRATA_GEMV_TC") {
-        Err(_) => Ok(2),
+        Err(_) => Ok(usize::MAX),
         Ok(v) => match v.trim() {
             "0" => Ok(usize::MAX),
             "1" => Ok(2),
@@ -107,11 +113,11 @@ fn tc_from_env() -> Result<usize, ExecError> {
     }
 }
 
-/// `STRATA_GEMV_ROWS` (0 to `most`, default `most`): the most rows a step computes with the
+/// `STRATA_GEMV_ROWS` (0 to `most`, else `default`): the most rows a step computes with the
 /// GEMV kernels, for measuring them against cuBLAS at small batches.
-fn rows_from_env(most: usize) -> Result<usize, ExecError> {
+fn rows_from_env(most: usize, default: usize) -> Result<usize, ExecError> {
     match std::env::var("STRATA_GEMV_ROWS") {
-        Err(_) => Ok(most),
+        Err(_) => Ok(default),
         Ok(v) => match v.trim().parse::<usize>() {
             Ok(n) if n <= most => Ok(n),
             _ => Err(ExecError::Device(format!(
