@@ -34,9 +34,9 @@ impl CalibrationPlan {
             ],
             // Batches 1, 2, 4, 8, 16 and 32, so that an executor whose kernels change at
             // some width has a per-row cost measured on each side where it can (the cuda
-            // executor's change at 2 rows by default, at 5 or 9 with STRATA_GEMV_ROWS). The total context varies fourfold on each side apart
-            // from the batch: it is a few percent of a narrow step, and the per-token term it
-            // gives is shared by both sides.
+            // executor's change is at 2 rows by default, at 5 or 9 with STRATA_GEMV_ROWS).
+            // The total context varies fourfold on each side apart from the batch: it is a
+            // few percent of a narrow step, and the per-token term it gives is shared.
             decode: vec![
                 (1, m / 8),
                 (1, m),

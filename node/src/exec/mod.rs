@@ -116,8 +116,10 @@ pub trait Executor: Send {
     fn execute(&mut self, plan: &StepPlan) -> Result<StepOutput, ExecError>;
 
     /// The narrowest decode batch this executor computes with other kernels than batch 1's,
-    /// if it has two kinds (the cuda executor: its GEMVs up to 4 rows, cuBLAS above), so that
-    /// calibration fits their costs apart (see [`WideDecode`](strata_transport::proto::WideDecode)).
+    /// if it has two kinds (the cuda executor: its GEMV for one row, cuBLAS from 2 by default),
+    /// so that calibration fits their costs apart (see
+    /// [`WideDecode`](strata_transport::proto::WideDecode)). A pipeline reports none: its
+    /// stages see micro-batches, not the step's batch.
     fn decode_wide_from(&self) -> Option<usize> {
         None
     }

@@ -343,25 +343,11 @@ mod tests {
         assert!(rel < 0.03, "bandwidth: {rel}");
     }
 
-    /// Decode priced like the cuda executor's on an H100 (per layer): GEMVs up to 4 rows, each
-    /// row a fifth of a weight pass more; cuBLAS from 5, higher at first and then nearly flat.
-    /// The calibration's points (for 4096-token prompts) fitted with the split recover both
-    /// regimes; one line through them misprices the narrow steps.
-    #[test]
-    fn a_split_decode_fit_recovers_both_kernels() {
-        let t = CostProfile {
-            decode: DecodeCoeffs {
-                d0: 0.19e-3,
-                d1: 0.04e-3,
-                d2: 1.4e-9,
-            },
-            decode_wide: Some(WideDecode {
-                from_batch: 5,
-                d0: 0.3e-3,
-                d1: 0.004e-3,
-            }),
-            ..truth()
-        };
+    /// Samples of `t` at the calibration plan's points for 4096-token prompts (32 layers),
+    /// decode with 1% noise.
+    fn calibration_like(
+        t: &CostProfile,
+    ) -> (Vec<PrefillSample>, Vec<DecodeSample>, Vec<TransferSample>) {
         let mut rng = crate::model::rng::Rng::new(5);
         let mut noise = || 1.0 + rng.uniform(0.01) as f64;
         let decode: Vec<_> = [
@@ -391,6 +377,30 @@ mod tests {
             bytes,
             seconds: t.transfer_s(bytes),
         });
+        (prefill.to_vec(), decode, transfer.to_vec())
+    }
+
+    /// Decode priced like the cuda executor's on an H100 when its GEMVs took up to 4 rows (per
+    /// layer): each row a fifth of a weight pass more; cuBLAS from 5, higher at first and then
+    /// nearly flat.
+    /// The calibration's points (for 4096-token prompts) fitted with the split recover both
+    /// regimes; one line through them misprices the narrow steps.
+    #[test]
+    fn a_split_decode_fit_recovers_both_kernels() {
+        let t = CostProfile {
+            decode: DecodeCoeffs {
+                d0: 0.19e-3,
+                d1: 0.04e-3,
+                d2: 1.4e-9,
+            },
+            decode_wide: Some(WideDecode {
+                from_batch: 5,
+                d0: 0.3e-3,
+                d1: 0.004e-3,
+            }),
+            ..truth()
+        };
+        let (prefill, decode, transfer) = calibration_like(&t);
         let split = fit_profile(&prefill, &decode, &transfer, Some(5)).unwrap();
         let line = fit_profile(&prefill, &decode, &transfer, None).unwrap();
         assert_eq!(split.decode_wide.map(|w| w.from_batch), Some(5));
@@ -418,6 +428,37 @@ mod tests {
             .into_iter()
             .fold(0.0, f64::max);
         assert!(worst_line > 0.05, "one line, batches 2-4: {worst_line}");
+    }
+
+    /// The cuda executor's default split: batch 1 alone on the narrow side, whose per-row term
+    /// then stays 0 (it cannot be told from the constant), and 2–32 on the wide side.
+    #[test]
+    fn one_narrow_batch_size_has_no_per_row_term() {
+        let t = CostProfile {
+            decode: DecodeCoeffs {
+                d0: 0.19e-3,
+                d1: 0.0,
+                d2: 1.4e-9,
+            },
+            decode_wide: Some(WideDecode {
+                from_batch: 2,
+                d0: 0.22e-3,
+                d1: 0.01e-3,
+            }),
+            ..truth()
+        };
+        let (prefill, decode, transfer) = calibration_like(&t);
+        let p = fit_profile(&prefill, &decode, &transfer, Some(2)).unwrap();
+        assert_eq!(p.decode.d1, 0.0);
+        assert_eq!(p.decode_wide.map(|w| w.from_batch), Some(2));
+        for (b, ctx) in [(1, 8192), (2, 4096), (4, 4096), (24, 2048)] {
+            let sum = b * (ctx + 1);
+            let (fit, real) = (p.decode_s(b, sum, 32), t.decode_s(b, sum, 32));
+            assert!(
+                (fit / real - 1.0).abs() < 0.03,
+                "batch {b}: {fit} vs {real}"
+            );
+        }
     }
 
     /// Samples of a model with a fixed step cost `s0` beside its layers, at `depths` layer

@@ -8,8 +8,8 @@
 // rows at once. Measured on an H100 (docs/benchmarks/gpu/small-batch-h100-5.log) they beat the
 // CUDA-core kernels at 3 and 4 rows but not cuBLAS at any width, so they are off by default
 // (STRATA_GEMV_TC=1 lets them in; kernels/gemv.rs). At one row they took 8.25 ms against the
-// CUDA-core kernel's 6.60: the weight stream itself runs slower here, as 64-byte pieces of 16
-// rows per warp rather than one row's 512 bytes.
+// CUDA-core kernel's 6.60, so the weight stream itself runs slower here; the likely cause (not
+// measured apart) is its 64-byte pieces of 16 rows per warp against one row's 512 bytes.
 //
 // A CTA takes a tile of 16 output rows: A is the tile's weight rows, B the step's rows of x,
 // padded to 8 with zeros. Its TC_WARPS warps split k in groups of 32 elements, warp w taking

@@ -8,6 +8,11 @@ use cudarc::driver::{result, sys};
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
 use std::ffi::{CString, c_void};
 
+/// A kernel's argument list: pointers to the named locals. Defined before `gemv`, which uses it.
+macro_rules! args {
+    ($($a:ident),*) => { &mut [$(&$a as *const _ as *mut c_void),*] };
+}
+
 pub(crate) mod gemv;
 
 /// The common kernels, then the decode ones and the tensor-core GEMVs (which use the former's
@@ -326,10 +331,6 @@ fn launch_early(
     unsafe { sys::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut()) }
         .result()
         .map_err(|e| dev(&format!("launching {name}"), e))
-}
-
-macro_rules! args {
-    ($($a:ident),*) => { &mut [$(&$a as *const _ as *mut c_void),*] };
 }
 
 fn grid_for(n: u64, block: u32) -> u32 {

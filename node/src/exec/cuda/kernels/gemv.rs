@@ -127,10 +127,6 @@ fn rows_from_env(most: usize, default: usize) -> Result<usize, ExecError> {
     }
 }
 
-macro_rules! args {
-    ($($a:ident),*) => { &mut [$(&$a as *const _ as *mut c_void),*] };
-}
-
 impl Kernels {
     /// Whether a GEMV kernel takes `rows` rows of `k` (else cuBLAS computes the product).
     pub(crate) fn gemv_fits(&self, rows: usize, k: usize) -> bool {
@@ -149,7 +145,8 @@ impl Kernels {
     }
 
     /// The narrowest decode batch that goes through cuBLAS rather than the GEMV kernels (none
-    /// when every batch does).
+    /// when every batch does). With the tensor-core kernels in, the change from the CUDA-core
+    /// kernel to them at 2 rows is not a regime of its own here.
     pub(crate) fn decode_wide_from(&self) -> Option<usize> {
         (self.gemv.rows > 0).then_some(self.gemv.rows + 1)
     }
