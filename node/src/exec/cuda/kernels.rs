@@ -1,6 +1,7 @@
-//! The kernels of `kernels.cu`, `decode.cu` and `gemv_tc.cu`, compiled by NVRTC at start into machine code
-//! for the device's own architecture (`sm_90` on an H200) with the model's shape as constants,
-//! and their typed launches. Every launch's result is checked.
+//! The kernels of `kernels.cu`, `decode.cu` and `gemv_tc.cu`, compiled by NVRTC at start into
+//! machine code for the device's own architecture (`sm_90` on an H200) with the model's shape
+//! as constants, and their typed launches (the GEMVs' in [`gemv`]). Every launch's result is
+//! checked.
 
 use super::driver::{Stream, dev};
 use crate::exec::ExecError;

@@ -26,7 +26,7 @@ pub(crate) struct Workspace {
     pub(crate) gu: DeviceBuf,
     /// `[rows, ff]` bf16.
     pub(crate) act: DeviceBuf,
-    /// `[items, hidden]` f32: each item's last row (steps of more than `GEMV_ROWS` items).
+    /// `[items, hidden]` f32: each item's last row (steps the fused norm-and-GEMV kernels do not take).
     pub(crate) last: DeviceBuf,
     /// `[items, vocab]` f32.
     pub(crate) logits: DeviceBuf,
