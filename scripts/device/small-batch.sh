@@ -5,10 +5,11 @@
 # (STRATA_GEMV_TC=1) and for 1–8 (STRATA_GEMV_TC=all), at 4096 tokens of context and at 64
 # (which leaves out most of the attention). Pack first (scripts/device/pack.sh), then on the device:
 # `bash scripts/device/small-batch.sh`, carry [".dev"]. CTXS="4096" keeps one context;
-# CONFIGS picks among default, simt, tc and tc1. Writes $OUT/small-batch.log.
+# CONFIGS picks among default, simt, tc and tc1; BATCHES replaces the batch list; S names
+# another binary (as ./.dev/strata-old). Writes $OUT/small-batch.log.
 set -uo pipefail
-S=./.dev/strata
-[ -x $S ] || { gunzip -f .dev/strata.gz && chmod +x $S; }
+S=${S:-./.dev/strata}
+[ -x $S ] || { gunzip -f $S.gz && chmod +x $S; }
 L=$OUT/small-batch.log
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a $L
 for ctx in ${CTXS:-4096 64}; do
@@ -20,8 +21,8 @@ for ctx in ${CTXS:-4096 64}; do
       tc1) env=(STRATA_GEMV_TC=all) ;;
       *) echo "unknown config $cfg (default, simt, tc, tc1)"; exit 2 ;;
     esac
-    echo "== $cfg ${env[*]}, context $ctx" | tee -a $L
-    env "${env[@]}" timeout 60 $S bench gpu --prefill 1024 --decode-batch 1,2,3,4,5,8 \
+    echo "== $S $cfg ${env[*]}, context $ctx" | tee -a $L
+    env "${env[@]}" timeout 60 $S bench gpu --prefill 1024 --decode-batch ${BATCHES:-1,2,3,4,5,8} \
       --decode-ctx $ctx --transfer-mib 16 --offload-prompt 512 --streamed-batch 1 --repeats 5 2>&1 |
       grep -v '\[' | grep -A7 "^decode " | tee -a $L
   done

@@ -49,16 +49,9 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(void* y, const bf16*
 #pragma unroll 4
     for (int i = lane; i < n; i += 32) {
         uint4 wv = ld_stream(wr + i);
-        const bf16* wh = (const bf16*)&wv;
 #pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++) {
-            if (r < rows) {
-                uint4 xv = ((const uint4*)(x + (u64)r * k))[i];
-                const bf16* xh = (const bf16*)&xv;
-#pragma unroll
-                for (int e = 0; e < 8; e++) acc[r] += bf2f(wh[e]) * bf2f(xh[e]);
-            }
-        }
+        for (int r = 0; r < GEMV_ROWS; r++)
+            if (r < rows) acc[r] = dot8(acc[r], wv, ((const uint4*)(x + (u64)r * k))[i]);
     }
 #pragma unroll
     for (int r = 0; r < GEMV_ROWS; r++) {
@@ -81,16 +74,9 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(void* y, const bf16*
 
 // acc[r] += w·x[r] over the 8 elements of chunk i (gemv_bf16's inner step).
 __device__ __forceinline__ void dot_chunk(float* acc, uint4 wv, const bf16* xs, int i, int rows, int k) {
-    const bf16* wh = (const bf16*)&wv;
 #pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++) {
-        if (r < rows) {
-            uint4 xv = ((const uint4*)(xs + r * k))[i];
-            const bf16* xh = (const bf16*)&xv;
-#pragma unroll
-            for (int e = 0; e < 8; e++) acc[r] += bf2f(wh[e]) * bf2f(xh[e]);
-        }
-    }
+    for (int r = 0; r < GEMV_ROWS; r++)
+        if (r < rows) acc[r] = dot8(acc[r], wv, ((const uint4*)(xs + r * k))[i]);
 }
 
 // xs[r] (at xs + r * xs_stride) = bf16(x[r] / rms(x[r]) * nw) for each of rows ≤ R rows, as
@@ -188,8 +174,9 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS, 3) gemv_rms(void* y, 
 
 // act[r, j] = silu(g) * u with g = bf16(rms_norm(x[r])·w[j]) and u = bf16(rms_norm(x[r])·w[ff + j])
 // (w = [gate | up], [2 ff, k]): one warp takes both rows, so the result is bit for bit gemv_rms
-// into bf16 then silu_mul. Grid: ceil(ff / 16) CTAs of 512 threads.
-extern "C" __global__ void __launch_bounds__(NORM_THREADS, 3) gemv_rms_swiglu(bf16* act, const float* x,
+// into bf16 then silu_mul. Grid: ceil(ff / 16) CTAs of 512 threads, 2 per SM: at 3 (40
+// registers) its two rows' accumulators spill.
+extern "C" __global__ void __launch_bounds__(NORM_THREADS, 2) gemv_rms_swiglu(bf16* act, const float* x,
                                                                              const float* nw, const bf16* w,
                                                                              int rows, int ff, int k, float eps) {
     extern __shared__ __align__(16) unsigned char dyn_smem[];
@@ -211,11 +198,12 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS, 3) gemv_rms_swiglu(bf
 // Decode attention (one query row per item), split over the keys: a CTA takes one item, one kv
 // head (all GROUP query heads that share it) and the `part_keys` keys of its partition, in tiles
 // of DEC_TILE keys that cp.async brings into shared memory two at a time (the next tile's bytes
-// are in flight while this one is used). Per tile: scores (a lane per (head, key)), the online
-// softmax (a warp per head), then o += p·V (a thread per output element). An item with one
-// partition writes its rows. Otherwise each CTA writes an unnormalized partial (m, l, o); the
-// last CTA of each group of DEC_MERGE partitions to finish merges the group's partials, and the
-// last group to finish merges the groups' into the rows. Arrivals are counted in `counters`
+// are in flight while this one is used). Per tile: scores (four lanes per key, each a quarter
+// of its row for every head), the online softmax (a warp per head), then o += p·V (a thread per
+// output column d, for DEC_OUT heads). An item with one partition writes its rows. Otherwise
+// each CTA writes an unnormalized partial (m, l, o); the last CTA of each group of DEC_MERGE
+// partitions to finish merges the group's partials, and the last group to finish merges the
+// groups' into the rows. Arrivals are counted in `counters`
 // (zero before the launch; each count is left at zero again by the CTA that completes it).
 // Grid: (parts, KV_HEADS, items); CTAs past an item's keys leave at once.
 
@@ -226,12 +214,21 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS, 3) gemv_rms_swiglu(bf
 #define DEC_OUT ((GROUP + DEC_COLS - 1) / DEC_COLS) // outputs per thread
 #define DEC_VEC (GROUP * HEAD_DIM / 4)               // float4 slots of a partial's o
 #define DEC_MERGE 8                                  // partials merged at a time
+#define DEC_WARPS (DEC_THREADS / 32)
+#define DEC_KCH (HEAD_DIM / 8)         // 16-byte chunks of a K row
+#define DEC_QCH ((DEC_KCH + 3) / 4)    // of them per lane: a key's row over four lanes
+#define DEC_SROW (DEC_TILE + 8)        // padded score row: the four quarters' writes meet no bank twice
+static_assert(DEC_TILE == DEC_WARPS * 8, "a warp scores 8 keys");
+// CTAs an SM must hold (so 80 registers a thread at 6). Groups of more than 4 heads need more
+// shared memory than 6 CTAs fit, and their scores more registers, so they ask for 5.
+#define DEC_MIN_CTAS (GROUP > 4 ? 5 : 6)
 
 struct DecodeSmem {
     bf16 k[2][DEC_TILE][KROW];
     bf16 v[2][DEC_TILE][HEAD_DIM];
     float q[GROUP][HEAD_DIM];
-    float p[GROUP][DEC_TILE];
+    float sc[GROUP][DEC_SROW];               // the tile's scores (log2 scale)
+    __align__(16) float p[DEC_TILE][GROUP]; // a key's weights side by side: one read for the group
     float m[GROUP], l[GROUP], corr[GROUP];
     int last;
 };
@@ -332,7 +329,7 @@ __device__ void decode_merge(DecodeSmem& sm, float* part_o, float* part_ml, u64 
     }
 }
 
-extern "C" __global__ void __launch_bounds__(DEC_THREADS, 6) attn_decode(
+extern "C" __global__ void __launch_bounds__(DEC_THREADS, DEC_MIN_CTAS) attn_decode(
     bf16* att, float* part_o, float* part_ml, u32* counters, const bf16* q, const int* item_ids,
     const Item* items, const u32* table, bf16* pool, bf16* staging, int part_keys, int parts,
     float scale_log2) {
@@ -357,7 +354,9 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS, 6) attn_decode(
         sm.m[t] = NEG_INF;
         sm.l[t] = 0.0f;
     }
-    int d = t % HEAD_DIM, g0 = t / HEAD_DIM; // this thread's outputs: (g0 + j * DEC_COLS, d)
+    // This thread's outputs: (g0 + j * DEC_COLS, d). With one thread per column, g0 = 0 is
+    // known here, so the `g < GROUP` tests below fold away and a key's weights come in one read.
+    int d = t % HEAD_DIM, g0 = DEC_COLS == 1 ? 0 : t / HEAD_DIM;
     float o[DEC_OUT];
 #pragma unroll
     for (int j = 0; j < DEC_OUT; j++) o[j] = 0.0f;
@@ -366,31 +365,59 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS, 6) attn_decode(
         int st = tile & 1, k0 = k_begin + tile * DEC_TILE, tn = min(DEC_TILE, k_end - k0);
         asm volatile("cp.async.wait_group 1;" ::: "memory"); // all but the newest group: this tile
         __syncthreads();
-        // Scores: warp w takes heads w, w + 4, ...; lane = key.
-        for (int g = warp; g < GROUP; g += DEC_THREADS / 32) {
-            float s = NEG_INF;
-            if (lane < tn) {
-                const uint4* kr = (const uint4*)&sm.k[st][lane][0];
-                const float4* qr = (const float4*)&sm.q[g][0];
-                float acc = 0.0f;
+        // Scores: warp w takes keys 8w..8w+7, four lanes a key (lane = key % 8 + 8 quarter),
+        // each lane a quarter of the key's row for every head of the group; the quarters meet
+        // by shuffles. So a K row is read and unpacked once, not once per head, and lanes 0-7
+        // of each read take 8 keys' rows: conflict-free with KROW's padding.
+        {
+            int key = warp * 8 + (lane & 7), qd = lane >> 3;
+            float acc[GROUP];
 #pragma unroll
-                for (int c = 0; c < HEAD_DIM / 8; c++) {
-                    uint4 kv = kr[c];
-                    const bf16* kh = (const bf16*)&kv;
-                    float4 qa = qr[2 * c], qb = qr[2 * c + 1];
-                    acc += qa.x * bf2f(kh[0]) + qa.y * bf2f(kh[1]) + qa.z * bf2f(kh[2]) + qa.w * bf2f(kh[3]);
-                    acc += qb.x * bf2f(kh[4]) + qb.y * bf2f(kh[5]) + qb.z * bf2f(kh[6]) + qb.w * bf2f(kh[7]);
+            for (int g = 0; g < GROUP; g++) acc[g] = 0.0f;
+            if (key < tn) {
+                const uint4* kr = (const uint4*)&sm.k[st][key][0];
+#pragma unroll
+                for (int i = 0; i < DEC_QCH; i++) {
+                    int c = qd * DEC_QCH + i;
+                    if (DEC_QCH * 4 == DEC_KCH || c < DEC_KCH) {
+                        uint4 kv = kr[c];
+                        float kf[8] = {bf_lo(kv.x), bf_hi(kv.x), bf_lo(kv.y), bf_hi(kv.y),
+                                       bf_lo(kv.z), bf_hi(kv.z), bf_lo(kv.w), bf_hi(kv.w)};
+#pragma unroll
+                        for (int g = 0; g < GROUP; g++) {
+                            const float4* qr = (const float4*)&sm.q[g][c * 8];
+                            float4 qa = qr[0], qb = qr[1];
+                            acc[g] += qa.x * kf[0];
+                            acc[g] += qa.y * kf[1];
+                            acc[g] += qa.z * kf[2];
+                            acc[g] += qa.w * kf[3];
+                            acc[g] += qb.x * kf[4];
+                            acc[g] += qb.y * kf[5];
+                            acc[g] += qb.z * kf[6];
+                            acc[g] += qb.w * kf[7];
+                        }
+                    }
                 }
-                s = acc * scale_log2;
             }
-            // Online softmax over this tile's keys (the first key of a tile is always valid).
+#pragma unroll
+            for (int g = 0; g < GROUP; g++) {
+                acc[g] += __shfl_xor_sync(0xffffffffu, acc[g], 8);
+                acc[g] += __shfl_xor_sync(0xffffffffu, acc[g], 16);
+                if ((g & 3) == qd) sm.sc[g][key] = key < tn ? acc[g] * scale_log2 : NEG_INF;
+            }
+        }
+        __syncthreads();
+        // Online softmax: warp w takes heads w, w + 4, ...; lane = key.
+        for (int g = warp; g < GROUP; g += DEC_WARPS) {
+            float s = sm.sc[g][lane];
+            // Over this tile's keys (the first key of a tile is always valid).
             float mx = s;
 #pragma unroll
             for (int w = 16; w > 0; w >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, w));
             float m_old = sm.m[g], m_new = fmaxf(m_old, mx);
             float p = exp2f(s - m_new);
             float sum = warp_sum(p);
-            sm.p[g][lane] = p;
+            sm.p[lane][g] = p;
             if (lane == 0) {
                 float corr = exp2f(m_old - m_new);
                 sm.corr[g] = corr;
@@ -408,7 +435,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS, 6) attn_decode(
 #pragma unroll
             for (int j = 0; j < DEC_OUT; j++) {
                 int g = g0 + j * DEC_COLS;
-                if (g < GROUP) po[j] += sm.p[g][key] * vv;
+                if (g < GROUP) po[j] += sm.p[key][g] * vv;
             }
         }
 #pragma unroll
