@@ -14,7 +14,8 @@
 # engine bench with its calibration ran past 200 s and a layer-wise run past 100 s; tests, engine
 # bench and three layer-wise runs took more than 500 s in all. A step that would end after
 # BUDGET_S seconds (default 570) is left out. SKIP_BENCH_GPU=1 leaves out `bench gpu` (a second
-# run on the same card, for the engine alone); SKIP_ENGINE=1 leaves out the engine bench (a short
+# run on the same card, for the engine alone); FALLBACK_OLD=1 benches .dev/strata-old instead of
+# the new build if the GPU tests fail; SKIP_ENGINE=1 leaves out the engine bench (a short
 # call: GPU tests and `bench gpu`). SMALL_BATCH=1 then runs scripts/device/small-batch.sh at 4096
 # tokens with the CUDA-core GEMVs up to 4 rows and the tensor-core ones (the default kernels are
 # in `bench gpu`'s decode table), if it fits the budget. If the GPU tests fail, the benches still
@@ -29,7 +30,13 @@ pack_extra() { tar -C $X -cf $OUT/extra.tar . ; }
 G=$OUT/bench-gpu.log
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv | tee $G
 export STRATA_REQUIRE_GPU=1
-bash scripts/device/gpu-tests.sh || echo "== GPU tests failed (tests.log): the benches below still run" | tee -a $G
+if ! bash scripts/device/gpu-tests.sh; then
+  echo "== GPU tests failed (tests.log): the benches below still run" | tee -a $G
+  if [ -n "${FALLBACK_OLD:-}" ] && [ -x $O ]; then # bench the old build instead, once
+    echo "== FALLBACK_OLD: the benches run $O, not $S" | tee -a $G
+    S=$O; O=/nonexistent
+  fi
+fi
 if [ -z "${SKIP_BENCH_GPU:-}" ]; then
   echo "== bench gpu" | tee -a $G
   timeout 150 $S bench gpu --repeats 5 --decode-batch 1,2,4,8,32,128 --json $OUT/bench-gpu.json 2>&1 | grep -v '\[' | tee -a $G | tail -n 34 | head -n 24
@@ -58,5 +65,5 @@ if [ -n "${TRACE:-}" ] && [ -s $OUT/h200-llama-3-8b.toml ] && fits 150 "the trac
   pack_extra
 fi
 if [ -n "${SMALL_BATCH:-}" ] && fits 150 "small-batch.sh"; then
-  CTXS=4096 CONFIGS="simt tc tc1" bash scripts/device/small-batch.sh
+  S=$S CTXS=4096 CONFIGS="simt tc tc1" bash scripts/device/small-batch.sh
 fi
