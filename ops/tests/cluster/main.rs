@@ -18,6 +18,21 @@ async fn post(url: &str, path: &str, body: Value) -> reqwest::Response {
         .expect("send")
 }
 
+/// `post`, sent again (up to `tries` times in all) when the connection itself fails: what a
+/// client of the load-balanced port does when the replica it reached died under it.
+async fn post_reconnecting(url: &str, path: &str, body: Value, tries: usize) -> reqwest::Response {
+    let client = reqwest::Client::new();
+    let mut last = None;
+    for _ in 0..tries {
+        match client.post(format!("{url}{path}")).json(&body).send().await {
+            Ok(r) => return r,
+            Err(e) if e.is_connect() => last = Some(e),
+            Err(e) => panic!("send: {e:?}"),
+        }
+    }
+    panic!("send: {tries} connections failed, the last: {last:?}")
+}
+
 async fn stream(url: &str, path: &str, body: Value) -> Streamed {
     let r = post(url, path, body).await;
     let status = r.status().as_u16();
