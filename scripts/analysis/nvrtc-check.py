@@ -2,7 +2,8 @@
 """Compiles the cuda executor's kernels with NVRTC here, without a GPU, as the executor does at
 start (same sources, same options), and prints NVRTC's log with ptxas's register and spill
 counts per kernel. Catches compile errors and spills before a device call. With CUBIN=FILE it
-also writes the compiled cubin there, for `nvdisasm -c FILE` (pip download nvidia-cuda-nvdisasm).
+also writes the compiled cubin there, for `cuobjdump -sass -fun KERNEL FILE` (the binary is in
+the `nvidia-cuda-cuobjdump` wheel: `pip download nvidia-cuda-cuobjdump`, then unzip it).
 
   pip download nvidia-cuda-nvrtc-cu12 && python3 -m zipfile -e nvidia_cuda_nvrtc_cu12-*.whl DIR
   NVRTC=DIR/nvidia/cuda_nvrtc/lib/libnvrtc.so.12 scripts/analysis/nvrtc-check.py [sm_90]

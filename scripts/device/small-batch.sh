@@ -12,6 +12,8 @@ S=${S:-./.dev/strata}
 [ -x $S ] || { gunzip -f $S.gz && chmod +x $S; }
 L=$OUT/small-batch.log
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a $L
+B=${BATCHES:-1,2,3,4,5,8}
+rows=$(($(tr -cd , <<<"$B" | wc -c) + 2)) # lines after the table's header: one per batch, one blank
 for ctx in ${CTXS:-4096 64}; do
   for cfg in ${CONFIGS:-default simt tc tc1}; do
     case $cfg in
@@ -22,8 +24,8 @@ for ctx in ${CTXS:-4096 64}; do
       *) echo "unknown config $cfg (default, simt, tc, tc1)"; exit 2 ;;
     esac
     echo "== $S $cfg ${env[*]}, context $ctx" | tee -a $L
-    env "${env[@]}" timeout 60 $S bench gpu --prefill 1024 --decode-batch ${BATCHES:-1,2,3,4,5,8} \
+    env "${env[@]}" timeout 60 $S bench gpu --prefill 1024 --decode-batch $B \
       --decode-ctx $ctx --transfer-mib 16 --offload-prompt 512 --streamed-batch 1 --repeats 5 2>&1 |
-      grep -v '\[' | grep -A7 "^decode " | tee -a $L
+      grep -v '\[' | grep -A"$rows" "^decode " | tee -a $L
   done
 done

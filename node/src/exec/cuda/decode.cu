@@ -33,6 +33,14 @@ __device__ __forceinline__ void store_out(void* y, u64 at, float v, int out_bf16
     }
 }
 
+// acc[r] += w·x[r] over the 8 elements of chunk i, for each of rows ≤ GEMV_ROWS rows of x
+// (row r at xs + r * k, in global or shared memory).
+__device__ __forceinline__ void dot_chunk(float* acc, uint4 wv, const bf16* xs, int i, int rows, int k) {
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+        if (r < rows) acc[r] = dot8(acc[r], wv, ((const uint4*)(xs + r * k))[i]);
+}
+
 extern "C" __global__ void __launch_bounds__(256) gemv_bf16(void* y, const bf16* x, const bf16* w, int rows,
                                                            int m, int k, int out_bf16, int accumulate) {
     int j = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
@@ -47,12 +55,7 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(void* y, const bf16*
 #pragma unroll
     for (int r = 0; r < GEMV_ROWS; r++) acc[r] = 0.0f;
 #pragma unroll 4
-    for (int i = lane; i < n; i += 32) {
-        uint4 wv = ld_stream(wr + i);
-#pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++)
-            if (r < rows) acc[r] = dot8(acc[r], wv, ((const uint4*)(x + (u64)r * k))[i]);
-    }
+    for (int i = lane; i < n; i += 32) dot_chunk(acc, ld_stream(wr + i), x, i, rows, k);
 #pragma unroll
     for (int r = 0; r < GEMV_ROWS; r++) {
         float v = warp_sum(acc[r]);
@@ -71,13 +74,6 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(void* y, const bf16*
 #define NORM_THREADS 512
 #define NORM_WARPS (NORM_THREADS / 32)
 #define GEMV_UNROLL 4
-
-// acc[r] += w·x[r] over the 8 elements of chunk i (gemv_bf16's inner step).
-__device__ __forceinline__ void dot_chunk(float* acc, uint4 wv, const bf16* xs, int i, int rows, int k) {
-#pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++)
-        if (r < rows) acc[r] = dot8(acc[r], wv, ((const uint4*)(xs + r * k))[i]);
-}
 
 // xs[r] (at xs + r * xs_stride) = bf16(x[r] / rms(x[r]) * nw) for each of rows ≤ R rows, as
 // rms_norm computes it; row r of x is row_idx[r] when row_idx is given. All threads call.
@@ -203,9 +199,9 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS, 2) gemv_rms_swiglu(bf
 // output column d, for DEC_OUT heads). An item with one partition writes its rows. Otherwise
 // each CTA writes an unnormalized partial (m, l, o); the last CTA of each group of DEC_MERGE
 // partitions to finish merges the group's partials, and the last group to finish merges the
-// groups' into the rows. Arrivals are counted in `counters`
-// (zero before the launch; each count is left at zero again by the CTA that completes it).
-// Grid: (parts, KV_HEADS, items); CTAs past an item's keys leave at once.
+// groups' into the rows. Arrivals are counted in `counters` (zero before the launch; each count
+// is left at zero again by the CTA that completes it). Grid: (parts, KV_HEADS, items); CTAs past
+// an item's keys leave at once.
 
 #define DEC_THREADS 128
 #define DEC_TILE 32
